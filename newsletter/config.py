@@ -1,0 +1,162 @@
+"""Settings: `newsletter.toml`, each key overridable by a `NEWSLETTER_*` environment variable.
+
+Secrets (API keys, SMTP passwords) are never read from the file, only from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+CONFIG_FILENAME = "newsletter.toml"
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+SECRET_HINTS = ("key", "password", "secret", "token")
+
+
+@dataclass(frozen=True)
+class Category:
+    slug: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    name: str
+    sender: str
+    base_url: str
+    postal_address: str
+    categories: tuple[Category, ...] = ()
+    reply_to: str | None = None
+    digests_dir: Path = Path("digests")
+    output_dir: Path = Path("out")
+    templates_dir: Path | None = None  # None: the templates shipped with newsletter
+    config_path: Path | None = field(default=None, compare=False)
+
+    def category(self, slug: str) -> Category | None:
+        return next((c for c in self.categories if c.slug == slug), None)
+
+    @property
+    def category_slugs(self) -> tuple[str, ...]:
+        return tuple(c.slug for c in self.categories)
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+
+# key -> (environment variable, kind); the kind picks the parser below.
+KEYS: dict[str, tuple[str, str]] = {
+    "name": ("NEWSLETTER_NAME", "text"),
+    "sender": ("NEWSLETTER_SENDER", "address"),
+    "reply_to": ("NEWSLETTER_REPLY_TO", "address"),
+    "base_url": ("NEWSLETTER_BASE_URL", "url"),
+    "postal_address": ("NEWSLETTER_POSTAL_ADDRESS", "text"),
+    "categories": ("NEWSLETTER_CATEGORIES", "categories"),
+    "digests_dir": ("NEWSLETTER_DIGESTS_DIR", "path"),
+    "output_dir": ("NEWSLETTER_OUTPUT_DIR", "path"),
+    "templates_dir": ("NEWSLETTER_TEMPLATES_DIR", "path"),
+}
+REQUIRED = ("name", "sender", "base_url", "postal_address")
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from `path` (or $NEWSLETTER_CONFIG, or ./newsletter.toml) plus the environment."""
+    env = os.environ if env is None else env
+    explicit = path or env.get("NEWSLETTER_CONFIG")
+    config_path = Path(explicit) if explicit else Path(CONFIG_FILENAME)
+    raw: dict[str, Any] = {}
+    if config_path.exists() or explicit:
+        raw = _read_toml(config_path)
+    base_dir = config_path.resolve().parent
+
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in KEYS:
+            if any(hint in key.lower() for hint in SECRET_HINTS):
+                raise ConfigError(f"key '{key}' looks like a secret; secrets are read only from "
+                                  "the environment", path=config_path, key=key)
+            raise ConfigError(f"unknown key '{key}' (known: {', '.join(KEYS)})",
+                              path=config_path, key=key)
+        values[key] = _parse(key, value, config_path, base_dir)
+    for key, (var, _kind) in KEYS.items():
+        if env.get(var, "") != "":
+            values[key] = _parse(key, env[var], var, Path.cwd())
+
+    missing = [k for k in REQUIRED if not values.get(k)]
+    if missing:
+        key = missing[0]
+        if not config_path.exists():
+            raise ConfigError(f"{config_path} not found, and ${KEYS[key][0]} is not set "
+                              "(run where newsletter.toml is, or pass --config)", key=key)
+        raise ConfigError(f"missing key '{key}'", path=config_path, key=key)
+    return Settings(**values, config_path=config_path if config_path.exists() else None)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", path=path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file: {e}", path=path) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line = re.search(r"at line (\d+)", str(e))
+        where = f"{path}:{line.group(1)}" if line else str(path)
+        raise ConfigError(f"{where}: invalid TOML: {str(e).split(' (at line')[0]}") from None
+
+
+def _parse(key: str, value: Any, source: Path | str, base_dir: Path) -> Any:
+    """Check one value; `source` names the file or the environment variable it came from."""
+    kind = KEYS[key][1]
+
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"key '{key}' {what}", path=source, key=key)
+
+    if kind == "categories":
+        return _parse_categories(value, bad)
+    if not isinstance(value, str):
+        raise bad(f"must be a string, got {type(value).__name__}")
+    value = value.strip()
+    if kind == "url":
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise bad(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+    if kind == "address":
+        if "@" not in parseaddr(value)[1]:
+            raise bad(f"must be an email address like 'Name <me@example.com>', got {value!r}")
+    if kind == "path":
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base_dir / path
+    return value
+
+
+def _parse_categories(value: Any, bad) -> tuple[Category, ...]:
+    if isinstance(value, str):  # NEWSLETTER_CATEGORIES="ai-tech=AI Tech,essays=Essays"
+        items = []
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            slug, sep, name = part.partition("=")
+            if not sep:
+                raise bad(f"entries must look like 'slug=Display name', got {part!r}")
+            items.append({"slug": slug.strip(), "name": name.strip()})
+        value = items
+    if not isinstance(value, list):
+        raise bad("must be a list of [[categories]] tables with 'slug' and 'name'")
+    categories: list[Category] = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("slug"), str) \
+                or not isinstance(item.get("name"), str):
+            raise bad("entries need a 'slug' and a 'name'")
+        if not SLUG_RE.match(item["slug"]):
+            raise bad(f"slug {item['slug']!r} must be lowercase letters, digits and dashes")
+        if any(c.slug == item["slug"] for c in categories):
+            raise bad(f"slug {item['slug']!r} is listed twice")
+        categories.append(Category(item["slug"], item["name"].strip()))
+    return tuple(categories)

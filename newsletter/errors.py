@@ -1,0 +1,89 @@
+"""Everything `newsletter` raises on purpose, in one tree.
+
+    NewsletterError                 base; `str(e)` is the one line a user sees
+    ├── ConfigError                 newsletter.toml or a NEWSLETTER_* variable (.path, .key)
+    ├── DigestError                 a digest file is not fit to send (.problems: list[Problem])
+    ├── RenderError                 templates or MJML failed (a bug or a broken custom template)
+    ├── SubscriberError             a reader or an import row cannot be stored
+    └── ProviderError               the email provider refused or failed
+        ├── RateLimited             wait and retry (.retry_after seconds)
+        └── Rejected                this message will never be accepted (.reason)
+
+The CLI turns any of these into `error: <message>` and an exit code from `ExitCode`;
+nothing else reaches the user as a traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    ERROR = 1  # a NewsletterError: bad input, refused by the provider, ...
+    USAGE = 2  # click's own code for bad options
+    INTERNAL = 3  # a bug: an exception we did not expect
+    INTERRUPTED = 130
+
+
+class NewsletterError(Exception):
+    """Base of every error `newsletter` raises on purpose."""
+
+    exit_code = ExitCode.ERROR
+
+
+class ConfigError(NewsletterError):
+    def __init__(self, message: str, *, path: Path | str | None = None, key: str | None = None):
+        self.path = str(path) if path is not None else None
+        self.key = key
+        where = f"{self.path}: " if self.path else ""
+        super().__init__(f"{where}{message}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of the digest checks: an error stops the send, a warning does not."""
+
+    file: str
+    line: int | None
+    message: str
+    severity: str = "error"  # "error" | "warning"
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+class DigestError(NewsletterError):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        first = problems[0]
+        self.file, self.line = first.file, first.line
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"{first}{more}")
+
+
+class RenderError(NewsletterError):
+    pass
+
+
+class SubscriberError(NewsletterError):
+    pass
+
+
+class ProviderError(NewsletterError):
+    pass
+
+
+class RateLimited(ProviderError):
+    def __init__(self, message: str, retry_after: float | None = None):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class Rejected(ProviderError):
+    def __init__(self, message: str, reason: str | None = None):
+        self.reason = reason or message
+        super().__init__(message)

@@ -1,0 +1,239 @@
+"""A `Digest` becomes an email: Jinja2 renders MJML, mjml-python compiles it, premailer inlines CSS.
+
+One rendering per variant (a set of categories), never one per reader: reader links are left
+as `%%name%%` placeholders that `personalize` fills in.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import jinja2
+import mjml
+from markupsafe import Markup
+from premailer import Premailer
+
+from .config import Settings
+from .digest import REF_RE, Digest, Footnote, Section
+from .errors import RenderError
+
+DOCTYPE = "<!doctype html>"
+SIZE_WARNING = 90 * 1024  # Gmail clips messages at about 102 KB
+LINK_NAMES = ("unsubscribe_url", "preferences_url", "browser_url")
+PLACEHOLDERS = {name: f"%%{name}%%" for name in LINK_NAMES}
+PLACEHOLDER_RE = re.compile("%%(" + "|".join(LINK_NAMES) + ")%%")
+
+logging.getLogger("cssutils").setLevel(logging.CRITICAL)
+
+
+def default_templates_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "templates", here / "templates"):  # checkout, installed wheel
+        if candidate.is_dir():
+            return candidate
+    raise RenderError("the templates folder that ships with newsletter is missing")
+
+
+@dataclass(frozen=True)
+class Note:
+    number: int
+    footnote: Footnote
+
+    @property
+    def anchor(self) -> str:
+        return f"fn-{self.number}"
+
+
+@dataclass
+class Variant:
+    """What one set of categories keeps of a digest, with its notes numbered 1..n."""
+
+    digest: Digest
+    categories: frozenset[str] | None
+    sections: list[Section]
+    notes: list[Note]
+    placement: dict[int, list[Note]]  # section index -> notes listed right after it
+
+    @property
+    def key(self) -> str:
+        return "all" if self.categories is None else "+".join(sorted(self.categories)) or "none"
+
+    @property
+    def stories(self) -> list[Section]:
+        return [s for s in self.sections if s.kind == "story"]
+
+
+@dataclass
+class Email:
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    variant: Variant
+
+    @property
+    def size(self) -> int:
+        return len(self.html.encode("utf-8"))
+
+    def warnings(self) -> list[str]:
+        if self.size > SIZE_WARNING:
+            return [f"the HTML is {self.size / 1024:.0f} KB; Gmail clips messages above about 102 KB"]
+        return []
+
+
+def select(digest: Digest, categories: Iterable[str] | None = None) -> Variant:
+    """Keep the sections for `categories` (None: all) and number the notes they still cite."""
+    wanted = None if categories is None else frozenset(categories)
+    sections = [s for s in digest.sections
+                if wanted is None or s.categories is None or wanted & set(s.categories)]
+    notes: dict[str, Note] = {}
+    placement: dict[int, list[Note]] = {}
+    for index, section in enumerate(sections):
+        for label in section.cited_labels():
+            if label not in notes:
+                notes[label] = Note(len(notes) + 1, digest.footnotes[label])
+                home = index if digest.footnote_mode == "inline" else len(sections)
+                placement.setdefault(home, []).append(notes[label])
+    return Variant(digest, wanted, sections, list(notes.values()), placement)
+
+
+class Renderer:
+    """Renders digests with one settings object; reuse it, it caches templates and parsed CSS."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        folders = [default_templates_dir()]
+        if settings.templates_dir:
+            if not Path(settings.templates_dir).is_dir():
+                raise RenderError(f"templates folder {settings.templates_dir} does not exist")
+            folders.insert(0, Path(settings.templates_dir))
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader([str(f) for f in folders]),
+            autoescape=jinja2.select_autoescape(["mjml", "html"], default_for_string=False),
+            undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        )
+        self.css = self._load("email/inline.css")
+
+    def _load(self, name: str) -> str:
+        try:
+            return self.env.loader.get_source(self.env, name)[0]
+        except jinja2.TemplateNotFound:
+            raise RenderError(f"template {name} not found") from None
+
+    def render(self, digest: Digest, categories: Iterable[str] | None = None) -> Email:
+        """The email for readers of `categories` (None: every story), links still placeholders."""
+        variant = select(digest, categories)
+        html = self.inline(self.compile(self.mjml(variant)))
+        return Email(subject=digest.title, preheader=self.preheader(digest), html=html,
+                     text=self.text(variant), variant=variant)
+
+    def preheader(self, digest: Digest) -> str:
+        return digest.preheader or digest.subtitle
+
+    def context(self, variant: Variant, html: bool) -> dict:
+        digest, settings = variant.digest, self.settings
+        backrefs: dict[str, list[str]] = {}  # label -> anchors of the places citing it, in order
+        numbering = {note.footnote.label: note for note in variant.notes}
+        sections = [_section_view(s, numbering, backrefs, html) for s in variant.sections]
+        notes_after = {i: [_note_view(n, backrefs.get(n.footnote.label, []), html) for n in notes]
+                       for i, notes in variant.placement.items()}
+        shown = variant.categories if variant.categories is not None else {
+            c for s in variant.stories for c in (s.categories or ())}
+        return {
+            "settings": settings, "digest": digest, "variant": variant,
+            "date": digest.date.strftime("%B %-d, %Y") if digest.date else "",
+            "categories": [c.name for c in settings.categories if c.slug in shown],
+            "preheader": self.preheader(digest),
+            "sections": sections, "notes_after": notes_after,
+            "end_notes": notes_after.get(len(variant.sections), []),
+            "links": PLACEHOLDERS,
+        }
+
+    def mjml(self, variant: Variant) -> str:
+        return self._render_template("email/digest.mjml", self.context(variant, html=True))
+
+    def text(self, variant: Variant) -> str:
+        text = self._render_template("email/digest.txt", self.context(variant, html=False))
+        return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+    def _render_template(self, name: str, context: dict) -> str:
+        try:
+            return self.env.get_template(name).render(context)
+        except jinja2.TemplateError as e:
+            where = f"{e.filename}:{e.lineno}: " if getattr(e, "lineno", None) else f"{name}: "
+            raise RenderError(f"{where}{e.message}") from None
+
+    def compile(self, source: str) -> str:
+        try:
+            html = mjml.mjml2html(source, fonts={}, disable_comments=True)
+        except ValueError as e:
+            raise RenderError(f"MJML could not compile the email template: {e}") from None
+        # premailer must leave MJML's own <style> blocks (media queries, client resets) alone;
+        # only the CSS of inline.css is inlined.
+        return html.replace("<style", '<style data-premailer="ignore"')
+
+    def inline(self, html: str) -> str:
+        inlined = Premailer(
+            html, css_text=self.css, allow_network=False, keep_style_tags=False,
+            strip_important=False, remove_classes=False, disable_validation=True,
+            cssutils_logging_level=logging.CRITICAL, cache_css_parsing=True,
+        ).transform()
+        return f"{DOCTYPE}\n{inlined}" if not inlined.lstrip().lower().startswith("<!doctype") else inlined
+
+
+def personalize(text: str, links: dict[str, str]) -> str:
+    """Fill the reader's links into a rendered variant (HTML or text)."""
+    return PLACEHOLDER_RE.sub(lambda m: links[m.group(1)], text)
+
+
+def preview_links(settings: Settings, digest: Digest) -> dict[str, str]:
+    base = settings.base_url
+    return {"unsubscribe_url": f"{base}/u/preview", "preferences_url": f"{base}/p/preview",
+            "browser_url": f"{base}/issues/{digest.slug}"}
+
+
+# -- view models: sections with their footnote references numbered -------------------------------
+
+def _section_view(section: Section, numbering: dict[str, Note], backrefs: dict[str, list[str]],
+                  html: bool) -> dict:
+    def fill(value: str) -> str:
+        out = _number_refs(value, numbering, backrefs) if html else \
+            REF_RE.sub(lambda m: str(numbering[m.group(1)].number), value)
+        return Markup(out) if html else out
+
+    suffix = "html" if html else "text"
+    view = {"kind": section.kind, "anchor": section.anchor, "line": section.line}
+    # The order matters: references are numbered in the order the template shows them.
+    view["title"] = fill(getattr(section, f"title_{suffix}"))
+    view["source"] = fill(getattr(section, f"source_{suffix}"))
+    view["tldr"] = [fill(item) for item in getattr(section, f"tldr_{suffix}")]
+    view["body"] = fill(getattr(section, f"body_{suffix}"))
+    view["entries"] = [{key: fill(getattr(item, f"{key}_{suffix}")) for key in ("title", "source", "body")}
+                     for item in section.items]
+    return view
+
+
+def _number_refs(html: str, numbering: dict[str, Note], backrefs: dict[str, list[str]]) -> str:
+    def ref(match: re.Match) -> str:
+        note = numbering[match.group(1)]
+        anchors = backrefs.setdefault(note.footnote.label, [])
+        anchor = f"fnref-{note.number}-{len(anchors) + 1}"
+        anchors.append(anchor)
+        return (f'<sup class="fnref"><a href="#{note.anchor}" name="{anchor}" id="{anchor}">'
+                f"{note.number}</a></sup>")
+    return REF_RE.sub(ref, html)
+
+
+def _note_view(note: Note, backrefs: list[str], html: bool) -> dict:
+    fn = note.footnote
+    view = {"number": note.number, "anchor": note.anchor, "url": fn.url, "title": fn.title,
+            "domain": fn.domain, "backrefs": backrefs}
+    if html:
+        view |= {"source": Markup(fn.source_html), "quote": Markup(fn.quote_html)}
+    else:
+        view |= {"quote": fn.quote_text}
+    return view
