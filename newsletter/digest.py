@@ -79,13 +79,14 @@ class Section:
     tldr_text: list[str] = field(default_factory=list)
     body_html: str = ""
     body_text: str = ""
-    items: list[RoundupItem] = field(default_factory=list)
+    entries: list[RoundupItem] = field(default_factory=list)
 
     def cited_labels(self) -> list[str]:
         """Footnote labels in the order a reader meets them in this section."""
-        parts = [*self.tldr_html, self.source_html, self.body_html]
-        for item in self.items:
-            parts += [item.source_html, item.body_html]
+        # The same order as the templates show them: title, source line, TL;DR, body, round-ups.
+        parts = [self.title_html, self.source_html, *self.tldr_html, self.body_html]
+        for item in self.entries:
+            parts += [item.title_html, item.source_html, item.body_html]
         return [m.group(1) for part in parts for m in REF_RE.finditer(part)]
 
 
@@ -464,11 +465,11 @@ def _story(tokens: list[Token], env, to_file_line, default_categories, settings,
             kept.append(token)
     kept = _take_source(section, kept, env)
     if is_roundups:
-        section.items = _roundup_items(kept, env, to_file_line)
+        section.entries = _roundup_items(kept, env, to_file_line)
         section.body_html = section.body_text = ""
-        if not section.items and not any(t.type == "inline" for t in kept):
+        if not section.entries and not any(t.type == "inline" for t in kept):
             check.error(line, f"story '{title_text}' is empty")
-        elif not section.items:
+        elif not section.entries:
             section.body_html = MD.renderer.render(kept, MD.options, env)
             section.body_text = plaintext.blocks(kept)
         return section

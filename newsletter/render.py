@@ -213,7 +213,7 @@ def _section_view(section: Section, numbering: dict[str, Note], backrefs: dict[s
     view["tldr"] = [fill(item) for item in getattr(section, f"tldr_{suffix}")]
     view["body"] = fill(getattr(section, f"body_{suffix}"))
     view["entries"] = [{key: fill(getattr(item, f"{key}_{suffix}")) for key in ("title", "source", "body")}
-                     for item in section.items]
+                     for item in section.entries]
     return view
 
 

@@ -1,0 +1,158 @@
+"""The `newsletter` command: a thin shell over the library. Errors become one line, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+import webbrowser
+from functools import cached_property
+from pathlib import Path
+
+import click
+
+from . import preview as preview_mod
+from .config import Settings, load_settings
+from .digest import load_digest
+from .errors import DigestError, ExitCode, NewsletterError
+from .render import Renderer
+
+_debug = False
+
+
+class App:
+    """What every command needs: settings, loaded on first use so `--help` works anywhere."""
+
+    def __init__(self, config: str | None):
+        self.config = config
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings(self.config)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def echo_warning(message: str) -> None:
+    click.secho(f"warning: {message}", fg="yellow", err=True)
+
+
+def shown_path(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def parse_categories(settings: Settings, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    slugs = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in slugs if settings.category(s) is None]
+    if unknown:
+        known = ", ".join(settings.category_slugs)
+        raise click.BadParameter(f"unknown category '{unknown[0]}' (known: {known})",
+                                 param_hint="'--categories'")
+    return slugs
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(dir_okay=False), envvar="NEWSLETTER_CONFIG",
+              help="Settings file (default: ./newsletter.toml).")
+@click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
+@click.version_option(package_name="newsletter")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, debug: bool) -> None:
+    """Send a Markdown digest kept in git as a responsive email."""
+    global _debug
+    _debug = debug
+    ctx.obj = App(config)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@pass_app
+def check(app: App, files: tuple[str, ...]) -> None:
+    """Run the pre-send checks on digest FILES: errors and warnings with file and line."""
+    failed = 0
+    for file in files:
+        try:
+            digest = load_digest(file, app.settings)
+        except DigestError as e:
+            failed += 1
+            for problem in e.problems:
+                click.secho(f"error: {problem}", fg="red", err=True)
+            continue
+        for problem in digest.warnings:
+            echo_warning(str(problem))
+        stories = [s for s in digest.stories if s.kind == "story"]
+        roundups = sum(len(s.entries) for s in digest.stories if s.kind == "roundups")
+        click.echo(f"ok: {file}: {len(stories)} stories, {roundups} round-ups, "
+                   f"{len(digest.footnotes)} notes")
+    if failed:
+        raise SystemExit(ExitCode.ERROR)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Where to write (default: in output_dir).")
+@click.option("--text", is_flag=True, help="Write the plain-text part instead of the HTML.")
+@click.option("--categories", metavar="a,b", help="Render the variant a reader of these categories gets.")
+@click.option("--open", "open_", is_flag=True, help="Open the result in the browser.")
+@click.option("--serve", is_flag=True, help="Serve a live preview on 127.0.0.1 that reloads on change.")
+@click.option("--port", default=8025, show_default=True, help="Port for --serve (0: any free port).")
+@pass_app
+def preview(app: App, file: str, out: str | None, text: bool, categories: str | None, open_: bool,
+            serve: bool, port: int) -> None:
+    """Render digest FILE to an HTML (or text) file and report its size and warnings."""
+    settings = app.settings
+    wanted = parse_categories(settings, categories)
+    if serve:
+        preview_mod.serve(settings, Path(file), wanted, port=port, open_browser=open_)
+        return
+    result = preview_mod.write_preview(settings, Path(file), wanted, out=Path(out) if out else None,
+                                       text=text)
+    for warning in result.warnings:
+        echo_warning(warning)
+    click.echo(f"wrote {shown_path(result.path)} ({result.size / 1024:.1f} KB, {result.notes} notes, "
+               f"{result.stories} stories, variant {result.variant})")
+    if open_:
+        webbrowser.open(result.path.resolve().as_uri())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and turn every failure into one line and an exit code."""
+    try:
+        rv = cli.main(args=argv, prog_name="newsletter", standalone_mode=False)
+        return int(rv) if isinstance(rv, int) else ExitCode.OK
+    except NewsletterError as e:
+        if _debug:
+            traceback.print_exc()
+        click.secho(f"error: {e}", fg="red", err=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return ExitCode.ERROR
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else e.format_message())
+        return ExitCode.OK
+    except click.ClickException as e:
+        click.secho(f"error: {e.format_message()}", fg="red", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return ExitCode.INTERRUPTED
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else ExitCode.ERROR
+    except Exception as e:  # a bug: still one line, unless asked for more
+        if _debug or os.environ.get("NEWSLETTER_DEBUG"):
+            traceback.print_exc()
+        click.secho(f"error: unexpected {type(e).__name__}: {e} (run with --debug for details)",
+                    fg="red", err=True)
+        return ExitCode.INTERNAL
+
+
+def run() -> None:
+    sys.exit(main())
