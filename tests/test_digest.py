@@ -1,0 +1,144 @@
+import datetime as dt
+
+import pytest
+
+from newsletter.digest import load_digest
+from newsletter.errors import DigestError
+
+GOOD = """
+---
+title: A small issue
+subtitle: The dek.
+date: 2026-04-22
+author: Ana
+categories: [ai-research]
+tldr:
+  - First point.[^a]
+---
+
+Intro paragraph.
+
+## First story
+<!-- categories: ai-tech -->
+Source: example · published 2026-04-22
+
+- Story bullet.[^a]
+
+Body text citing a note.[^b]
+
+### A sub-head
+
+> A pull quote.
+
+## Round-ups
+
+### Item one
+Source: arxiv
+
+One paragraph.[^b]
+
+[^a]: [Note A](https://a.example.org/x)
+    > Quoted excerpt A.
+
+[^b]: [Note B](https://www.b.example.org/y)
+"""
+
+
+def problems(excinfo):
+    return [str(p) for p in excinfo.value.problems]
+
+
+def test_example_digest_structure(example):
+    assert example.title.startswith("Lemma-7B")
+    assert example.date == dt.date(2026, 4, 22)
+    assert example.footnote_mode == "inline"
+    stories = [s for s in example.stories if s.kind == "story"]
+    assert len(stories) == 3
+    assert [s.categories for s in stories] == [("ai-research",), ("ai-tech",), ("ai-news", "essays")]
+    assert all(len(s.tldr_html) == 4 and s.source_html for s in stories)
+    roundups = example.stories[-1]
+    assert roundups.kind == "roundups" and roundups.categories is None
+    assert len(roundups.entries) == 7 and all(e.source_html for e in roundups.entries)
+    assert len(example.footnotes) == 18
+    assert example.warnings == []
+    cited = [label for s in example.sections for label in s.cited_labels()]
+    assert len(cited) > len(set(cited)), "some notes are cited several times"
+
+
+def test_small_digest_parses(write_digest, settings):
+    digest = load_digest(write_digest(GOOD), settings)
+    story, roundups = digest.stories
+    assert story.categories == ("ai-tech",)  # the story's own categories win over the default
+    assert story.source_text == "example · published 2026-04-22"
+    assert story.tldr_text == ["Story bullet.[\x02a\x03]"]
+    assert 'class="pull"' in story.body_html and "<h3>A sub-head</h3>" in story.body_html
+    assert roundups.entries[0].title_text == "Item one"
+    assert digest.footnotes["b"].domain == "b.example.org"
+    assert digest.footnotes["a"].quote_text == "Quoted excerpt A."
+    assert digest.opening.cited_labels() == ["a"]
+
+
+def test_default_categories_apply_to_stories_without_their_own(write_digest, settings):
+    digest = load_digest(write_digest(GOOD.replace("<!-- categories: ai-tech -->\n", "")), settings)
+    assert digest.stories[0].categories == ("ai-research",)
+    assert digest.stories[1].categories is None  # round-ups stay for everyone
+
+
+@pytest.mark.parametrize("change, line, message", [
+    (lambda t: t.replace("---\ntitle", "title", 1), 1, "no front matter"),
+    (lambda t: t.replace("tldr:\n  - First point.[^a]\n---", "tldr: []"), 1, "not closed"),
+    (lambda t: t.replace("author: Ana", "author: [Ana"), 6, "invalid front matter"),
+    (lambda t: t.replace("title: A small issue\n", ""), 1, "front matter has no 'title'"),
+    (lambda t: t.replace("Body text citing a note.[^b]", "Body text.[^missing]"), 19,
+     "footnote [^missing] is never defined"),
+    (lambda t: t.replace("categories: [ai-research]", "categories: [ai-reserch]"), 6,
+     "unknown category 'ai-reserch' (known: ai-tech, ai-research, ai-news, essays)"),
+    (lambda t: t.replace("<!-- categories: ai-tech -->", "<!-- categories: sports -->"), 14,
+     "unknown category 'sports'"),
+    (lambda t: t.replace("Intro paragraph.", "Intro TK paragraph."), 11, "leftover placeholder 'TK'"),
+    (lambda t: t.replace("One paragraph.[^b]", "One paragraph, TODO check.[^b]"), 30,
+     "leftover placeholder 'TODO'"),
+    (lambda t: t.replace("## Round-ups", "## An empty story\n\n## Round-ups"), 25,
+     "story 'An empty story' is empty"),
+    (lambda t: t.replace("[^b]: [Note B](https://www.b.example.org/y)", "[^b]: Just words."), 35,
+     "footnote [^b] has no source link"),
+    (lambda t: t + "\n[^a]: [Again](https://x.org)\n", 37, "footnote [^a] is defined twice"),
+    (lambda t: t.replace("date: 2026-04-22", "date: someday"), 4, "'date' must be a date"),
+    (lambda t: t.replace("footnotes", "x").replace("author: Ana", "footnotes: sidebar"), 5,
+     "'footnotes' must be 'inline' or 'end'"),
+])
+def test_errors_name_file_and_line(write_digest, settings, change, line, message):
+    path = write_digest(change(GOOD.lstrip("\n")))
+    with pytest.raises(DigestError) as excinfo:
+        load_digest(path, settings)
+    found = problems(excinfo)
+    assert any(p.startswith(f"{path}:{line}: ") and message in p for p in found), found
+
+
+def test_placeholders_in_code_are_allowed(write_digest, settings):
+    text = GOOD.replace("Intro paragraph.", "Intro with `TODO` in code.\n\n```\n# TODO: not a leftover\n```")
+    assert load_digest(write_digest(text), settings).title == "A small issue"
+
+
+def test_uncited_note_is_a_warning(write_digest, settings):
+    path = write_digest(GOOD + "\n[^c]: [Never cited](https://c.example.org)\n")
+    digest = load_digest(path, settings)
+    assert [str(w) for w in digest.warnings] == [f"{path}:37: footnote [^c] is defined but never cited"]
+    assert "c" not in digest.footnotes
+
+
+def test_every_error_is_reported(write_digest, settings):
+    text = GOOD.replace("Intro paragraph.", "Intro TK.").replace("[^b]: [Note B]", "[^b]: Note B")
+    with pytest.raises(DigestError) as excinfo:
+        load_digest(write_digest(text), settings)
+    assert len(excinfo.value.problems) == 2
+    assert "(and 1 more)" in str(excinfo.value)
+
+
+def test_unreadable_file(tmp_path, settings):
+    with pytest.raises(DigestError, match="missing.md: file not found"):
+        load_digest(tmp_path / "missing.md", settings)
+    binary = tmp_path / "binary.md"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(DigestError, match="binary.md: not UTF-8 text"):
+        load_digest(binary, settings)

@@ -1,0 +1,174 @@
+"""The example digest's email: footnotes, variants, plain text, size, and what a client needs."""
+
+import re
+
+import html5lib
+import pytest
+from lxml import html as lxml_html
+
+from newsletter.digest import load_digest
+from newsletter.render import PLACEHOLDERS, Renderer, personalize, select
+
+from .conftest import EXAMPLE
+
+VARIANTS = [None, ["ai-research"], ["ai-tech"], ["ai-news"], ["essays"], ["ai-tech", "essays"], []]
+
+
+def expected_notes(source: str, categories):
+    """Independently of the parser: the note URLs a variant should list, in first-citation order."""
+    front, body = source.split("\n---\n", 1)
+    definitions = dict(re.findall(r"^\[\^([^\]]+)\]: \[[^\]]*\]\(([^)]+)\)", body, re.M))
+    body = re.sub(r"^\[\^[^\]]+\]:.*(\n    .*)*", "", body, flags=re.M)
+    sections = re.split(r"^## ", body, flags=re.M)
+    order = re.findall(r"\[\^([^\]]+)\]", front)
+    for section in sections:
+        found = re.search(r"<!-- categories: (.*?) -->", section)
+        cats = {c.strip() for c in found.group(1).split(",")} if found else None
+        if categories is None or cats is None or cats & set(categories):
+            order += re.findall(r"\[\^([^\]]+)\]", section)
+    return [definitions[label] for label in dict.fromkeys(order)]
+
+
+def graph(page: str):
+    tree = lxml_html.fromstring(page)
+    refs = tree.xpath("//sup[@class='fnref']/a")
+    notes = tree.xpath("//p[@class='note']")
+    return tree, refs, notes
+
+
+@pytest.fixture(scope="module")
+def source():
+    return EXAMPLE.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("categories", VARIANTS)
+def test_every_reference_links_to_its_note_and_back(renderer, example, source, categories):
+    email = renderer.render(example, categories)
+    tree, refs, notes = graph(email.html)
+    expected = expected_notes(source, categories)
+    assert [n.xpath("string(a[not(@name)][1]/@href)") for n in notes] == expected
+    assert len(notes) == len(email.variant.notes)
+
+    first_seen = list(dict.fromkeys(int(a.text) for a in refs))
+    assert first_seen == list(range(1, len(expected) + 1)), "numbered in order of first citation"
+    by_number: dict[int, list[str]] = {}
+    for a in refs:
+        assert a.get("id") == a.get("name"), "reference anchors carry name and id"
+        assert a.get("href") == f"#fn-{a.text}"
+        by_number.setdefault(int(a.text), []).append(a.get("id"))
+    assert len({a.get("id") for a in refs}) == len(refs), "reference ids are unique"
+
+    for number, note in enumerate(notes, 1):
+        target = note.xpath("a[1]")[0]
+        assert target.get("name") == target.get("id") == f"fn-{number}"
+        assert note.xpath("string(b)") == f"{number}."
+        backrefs = [a.get("href") for a in note.xpath(".//a[@class='back']")]
+        assert backrefs == [f"#{i}" for i in by_number[number]], f"note {number} links back to each citation"
+        assert note.xpath("string(span[@class='domain'])") in note.xpath("string(a[2]/@href)")
+
+
+def test_notes_follow_the_story_that_first_cites_them(renderer, example):
+    tree, refs, notes = graph(renderer.render(example).html)
+    first_ref = {}
+    for a in refs:
+        first_ref.setdefault(a.text, a)
+    for number, note in enumerate(notes, 1):
+        block = note.xpath("ancestor::td[contains(@class, 'copy')][1]")[0]
+        cited = first_ref[str(number)].xpath("ancestor::td[contains(@class, 'copy')][1]")[0]
+        assert block is cited, f"note {number} sits in the block that first cites it"
+    # the opening, the three stories and the round-ups each first cite some notes
+    assert len(tree.xpath("//div[@class='notes']")) == 5
+
+
+def test_notes_at_the_end(tmp_path, settings, renderer):
+    text = EXAMPLE.read_text(encoding="utf-8").replace("footnotes: inline", "footnotes: end")
+    path = tmp_path / "end.md"
+    path.write_text(text, encoding="utf-8")
+    tree, refs, notes = graph(renderer.render(load_digest(path, settings)).html)
+    lists = tree.xpath("//div[@class='notes']")
+    assert len(lists) == 1 and len(notes) == 18
+    document_order = list(tree.iter())
+    assert document_order.index(refs[-1]) < document_order.index(lists[0]), "notes come last"
+
+
+def test_category_variants_keep_their_stories(renderer, example):
+    full = renderer.render(example)
+    tech = renderer.render(example, ["ai-tech"])
+    assert "RCLA promises a sixfold smaller KV cache" in tech.html
+    assert "Lemma-7B learns when to stop trusting" not in tech.html
+    assert "Open weights, fine print" not in tech.html
+    for kept in ("TL;DR", "Three of this week", "Round-ups"):
+        assert kept in tech.html, "intro, TL;DR and round-ups stay for every reader"
+    assert len(tech.variant.notes) < len(full.variant.notes)
+    assert "AI Tech" in tech.html and "AI Research ·" not in tech.html  # the masthead's categories
+
+
+def test_same_variant_same_bytes(session_settings, example, renderer):
+    fresh = Renderer(session_settings)
+    for categories in (None, ["ai-tech"], ["essays", "ai-research"]):
+        first = renderer.render(example, categories)
+        again = fresh.render(example, list(reversed(categories)) if categories else None)
+        assert first.html == again.html and first.text == again.text
+
+
+def test_plain_text_carries_every_source_url(renderer, example, source):
+    for categories in VARIANTS:
+        email = renderer.render(example, categories)
+        urls = expected_notes(source, categories)
+        for number, url in enumerate(urls, 1):
+            assert url in email.text
+            assert f"[{number}]" in email.text
+        assert f"[{len(urls) + 1}]" not in email.text
+        assert "\x02" not in email.text and "<p>" not in email.text
+    text = renderer.render(example).text
+    story = text.index("LEMMA-7B LEARNS WHEN TO STOP")
+    next_story = text.index("RCLA PROMISES A SIXFOLD")
+    assert "Notes:" in text[story:next_story], "each story's notes follow it"
+
+
+def test_html_is_a_complete_offline_email(renderer, example):
+    page = renderer.render(example).html
+    assert page.lower().startswith("<!doctype html>")
+    assert re.search(r'<meta name="viewport" content="width=device-width', page)
+    assert "<link" not in page.lower() and "@import" not in page
+    assert "fonts.googleapis" not in page and "@font-face" not in page
+    assert 'http-equiv="Content-Type"' in page
+    html5lib.HTMLParser(strict=True).parse(page)  # raises on a parse error
+    assert "prefers-color-scheme: dark" in page and "[data-ogsc]" in page
+    assert "max-width:100%" in page.replace(" ", "")  # images scale down
+
+
+def test_size_of_the_long_digest(renderer, example):
+    email = renderer.render(example)
+    assert len(EXAMPLE.read_bytes()) > 20_000 and len(example.footnotes) == 18
+    assert email.size <= 70 * 1024, f"{email.size} bytes"
+    assert email.warnings() == []
+
+
+def test_preheader_comes_from_the_preheader_or_the_dek(tmp_path, settings, renderer):
+    email = renderer.render(load_digest(EXAMPLE, settings))
+    assert "A self-checking 7B prover" in email.html.split("<div", 2)[1]  # the first, hidden div
+    no_preheader = tmp_path / "dek.md"
+    no_preheader.write_text(re.sub(r"^preheader:.*\n", "", EXAMPLE.read_text(), flags=re.M))
+    email = renderer.render(load_digest(no_preheader, settings))
+    assert email.preheader.startswith("An open prover that learns")
+    hidden = email.html.split('<div style="display:none', 1)[1].split("</div>", 1)[0]
+    assert "An open prover that learns" in hidden
+
+
+def test_footer_links_are_placeholders_until_personalized(renderer, example, session_settings):
+    email = renderer.render(example)
+    for marker in PLACEHOLDERS.values():
+        assert marker in email.html and marker in email.text
+    assert session_settings.postal_address in email.html
+    links = {"unsubscribe_url": "https://n.example/u/tok", "preferences_url": "https://n.example/p/tok",
+             "browser_url": "https://n.example/issues/x"}
+    page = personalize(email.html, links)
+    assert "%%" not in page
+    tree = lxml_html.fromstring(page)
+    assert tree.xpath("//a[text()='Unsubscribe']/@href") == ["https://n.example/u/tok"]
+
+
+def test_empty_category_set_keeps_only_shared_sections(example):
+    variant = select(example, [])
+    assert [s.kind for s in variant.sections] == ["opening", "roundups"]
