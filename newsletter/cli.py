@@ -38,6 +38,10 @@ def echo_warning(message: str) -> None:
     click.secho(f"warning: {message}", fg="yellow", err=True)
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 def shown_path(path: Path) -> str:
     """A path as the user would type it: relative to the working directory when inside it."""
     try:
@@ -89,8 +93,8 @@ def check(app: App, files: tuple[str, ...]) -> None:
             echo_warning(str(problem))
         stories = [s for s in digest.stories if s.kind == "story"]
         roundups = sum(len(s.entries) for s in digest.stories if s.kind == "roundups")
-        click.echo(f"ok: {file}: {len(stories)} stories, {roundups} round-ups, "
-                   f"{len(digest.footnotes)} notes")
+        click.echo(f"ok: {file}: {plural(len(stories), 'story', 'stories')}, "
+                   f"{plural(roundups, 'round-up')}, {plural(len(digest.footnotes), 'note')}")
     if failed:
         raise SystemExit(ExitCode.ERROR)
 
@@ -116,8 +120,9 @@ def preview(app: App, file: str, out: str | None, text: bool, categories: str | 
                                        text=text)
     for warning in result.warnings:
         echo_warning(warning)
-    click.echo(f"wrote {shown_path(result.path)} ({result.size / 1024:.1f} KB, {result.notes} notes, "
-               f"{result.stories} stories, variant {result.variant})")
+    click.echo(f"wrote {shown_path(result.path)} ({result.size / 1024:.1f} KB, "
+               f"{plural(result.stories, 'story', 'stories')}, {plural(result.notes, 'note')}, "
+               f"variant {result.variant})")
     if open_:
         webbrowser.open(result.path.resolve().as_uri())
 

@@ -25,7 +25,6 @@ from .errors import DigestError, Problem
 REF_OPEN, REF_CLOSE = "\x02", "\x03"
 REF_RE = re.compile("\x02([^\x03]*)\x03")
 UNDEFINED_REF_RE = re.compile(r"\[\^([^\]\s]+)\]")
-DEFINITION_RE = re.compile(r"^ {0,3}\[\^([^\]\s]+)\]:")
 CATEGORIES_COMMENT_RE = re.compile(r"^\s*<!--\s*categories\s*:(.*?)-->\s*$", re.I | re.S)
 SOURCE_RE = re.compile(r"^source\s*:\s*", re.I)
 ROUNDUPS_RE = re.compile(r"^round[- ]?ups?$", re.I)
@@ -116,6 +115,7 @@ class Digest:
 def _markdown() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"typographer": True}).enable(["replacements", "smartquotes"])
     md.use(footnote_plugin)
+    md.core.ruler.disable("footnote_tail")  # keeps every definition in place, cited or not
     rules = md.add_render_rule
     rules("footnote_ref", lambda self, tokens, idx, options, env:
           f"{REF_OPEN}{tokens[idx].meta['label']}{REF_CLOSE}")
@@ -210,11 +210,8 @@ def parse_digest(text: str, path: Path, settings: Settings, check: _Checker) -> 
     env: dict[str, Any] = {}
     tokens = MD.parse("\n".join(body_lines), env)
     to_file_line = lambda body_line: body_start + body_line + 1  # noqa: E731
-    definitions = _definition_lines(body_lines, to_file_line, check)
     _check_references(tokens, body_lines, to_file_line, check)
-    footnotes = _footnotes(tokens, env, definitions, to_file_line, check)
-
-    main = _strip_footnote_block(tokens)
+    main, footnotes = _take_footnotes(tokens, env, to_file_line, check)
     opening_tokens, story_chunks = _split_stories(main)
     opening = _opening(opening_tokens, [str(t) for t in tldr], env, to_file_line, settings, check)
     stories = [_story(chunk, env, to_file_line, default_categories, settings, check)
@@ -222,9 +219,9 @@ def parse_digest(text: str, path: Path, settings: Settings, check: _Checker) -> 
     _check_anchors(stories)
 
     cited = {label for s in [opening, *stories] for label in s.cited_labels()}
-    for label, line in definitions.items():
+    for label, note in footnotes.items():
         if label not in cited:
-            check.warn(to_file_line(line), f"footnote [^{label}] is defined but never cited")
+            check.warn(note.line, f"footnote [^{label}] is defined but never cited")
     if not stories:
         check.warn(body_start + 1, "the digest has no stories (a story starts with a '## ' heading)")
 
@@ -324,23 +321,6 @@ def _check_placeholders(lines: list[str], check: _Checker) -> None:
 
 # -- footnotes ----------------------------------------------------------------------------------
 
-def _definition_lines(body_lines: list[str], to_file_line, check: _Checker) -> dict[str, int]:
-    """Where each note is defined (body line); a note defined twice is an error."""
-    lines: dict[str, int] = {}
-    in_fence = False
-    for number, line in enumerate(body_lines):
-        if FENCE_RE.match(line):
-            in_fence = not in_fence
-        elif not in_fence and (m := DEFINITION_RE.match(line)):
-            label = m.group(1)
-            if label in lines:
-                check.error(to_file_line(number), f"footnote [^{label}] is defined twice "
-                            f"(first on line {to_file_line(lines[label])})")
-            else:
-                lines[label] = number
-    return lines
-
-
 def _check_references(tokens: list[Token], body_lines: list[str], to_file_line, check: _Checker) -> None:
     """A `[^label]` left as text means the parser found no definition for it."""
     for token in tokens:
@@ -355,21 +335,30 @@ def _check_references(tokens: list[Token], body_lines: list[str], to_file_line, 
                 check.error(to_file_line(offset), f"footnote [^{m.group(1)}] is never defined")
 
 
-def _footnotes(tokens, env, definitions: dict[str, int], to_file_line, check: _Checker) -> dict[str, Footnote]:
+def _take_footnotes(tokens: list[Token], env, to_file_line, check: _Checker
+                    ) -> tuple[list[Token], dict[str, Footnote]]:
+    """Pull every footnote definition out of the token stream, wherever the writer put it."""
+    main: list[Token] = []
     notes: dict[str, Footnote] = {}
-    inside: list[Token] = []
-    label = None
+    lines: dict[str, int] = {}
+    label, inside, line = None, [], 0
     for token in tokens:
-        if token.type == "footnote_open":
-            label, inside = token.meta["label"], []
-        elif token.type == "footnote_close" and label is not None:
-            note = _footnote(label, inside, env, to_file_line(definitions.get(label, 0)), check)
-            if note:
-                notes[label] = note
+        if token.type == "footnote_reference_open":
+            label, inside, line = token.meta["label"], [], to_file_line(token.map[0]) if token.map else 0
+        elif token.type == "footnote_reference_close" and label is not None:
+            if label in lines:
+                check.error(line, f"footnote [^{label}] is defined twice (first on line {lines[label]})")
+            else:
+                lines[label] = line
+                note = _footnote(label, inside, env, line, check)
+                if note:
+                    notes[label] = note
             label = None
         elif label is not None:
             inside.append(token)
-    return notes
+        else:
+            main.append(token)
+    return main, notes
 
 
 def _footnote(label: str, tokens: list[Token], env, line: int, check: _Checker) -> Footnote | None:
@@ -406,11 +395,6 @@ def _between(tokens: list[Token], open_type: str, close_type: str) -> list[Token
         if depth == 0:
             return tokens[start + 1:i]
     return tokens[start + 1:]
-
-
-def _strip_footnote_block(tokens: list[Token]) -> list[Token]:
-    start = next((i for i, t in enumerate(tokens) if t.type == "footnote_block_open"), None)
-    return tokens if start is None else tokens[:start]
 
 
 # -- sections -----------------------------------------------------------------------------------

@@ -142,3 +142,17 @@ def test_unreadable_file(tmp_path, settings):
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(DigestError, match="binary.md: not UTF-8 text"):
         load_digest(binary, settings)
+
+
+def test_note_cited_only_in_the_front_matter(write_digest, settings):
+    text = GOOD.replace("- Story bullet.[^a]", "- Story bullet.")
+    digest = load_digest(write_digest(text), settings)
+    assert "a" in digest.footnotes and digest.warnings == []
+
+
+def test_definition_in_the_middle_of_a_story_is_not_body_text(write_digest, settings):
+    text = GOOD.replace("### A sub-head", "[^c]: [Mid](https://mid.example.org)\n\n### A sub-head")
+    text = text.replace("Body text citing a note.[^b]", "Body text citing a note.[^b][^c]")
+    digest = load_digest(write_digest(text), settings)
+    assert "mid.example.org" not in digest.stories[0].body_html
+    assert digest.footnotes["c"].url == "https://mid.example.org"

@@ -1,0 +1,117 @@
+import pytest
+
+from newsletter.cli import cli
+
+from .conftest import EXAMPLE
+from .test_digest import GOOD
+
+
+def test_every_command_has_help(run):
+    commands = dict(cli.commands)
+    assert {"check", "preview"} <= set(commands)
+    for name, command in commands.items():
+        assert command.help and len(command.help.strip()) > 20, name
+        result = run(name, "--help")
+        assert result.code == 0 and "Usage: newsletter" in result.out
+
+
+def test_preview_writes_html_and_reports(run, tmp_path):
+    out = tmp_path / "email.html"
+    result = run("preview", EXAMPLE, "--out", out)
+    assert result.code == 0, result.err
+    assert f"wrote {out} (" in result.out and "18 notes" in result.out and "KB" in result.out
+    page = out.read_text()
+    assert page.startswith("<!doctype html>")
+    assert "https://newsletter.example.com/u/preview" in page and "%%" not in page
+
+
+def test_preview_text_and_variant(run, tmp_path):
+    out = tmp_path / "tech.txt"
+    result = run("preview", EXAMPLE, "--text", "--categories", "ai-tech", "--out", out)
+    assert result.code == 0, result.err
+    assert "variant ai-tech" in result.out
+    text = out.read_text()
+    assert "RCLA PROMISES" in text and "LEMMA-7B LEARNS" not in text
+
+
+def test_preview_default_path_is_in_output_dir(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEWSLETTER_OUTPUT_DIR", str(tmp_path / "previews"))
+    result = run("preview", EXAMPLE, "--categories", "essays,ai-news")
+    assert result.code == 0, result.err
+    assert (tmp_path / "previews" / f"{EXAMPLE.stem}.ai-news+essays.html").exists()
+
+
+def test_preview_warns_about_size(run, tmp_path):
+    story = "## Story {n}\n\n" + ("A long paragraph of words that goes on. " * 60 + "\n\n") * 6
+    digest = tmp_path / "long.md"
+    digest.write_text(GOOD.lstrip().split("## First story")[0] +
+                      "".join(story.format(n=n) for n in range(12)) + GOOD.split("One paragraph.[^b]")[1])
+    result = run("preview", digest, "--out", tmp_path / "long.html")
+    assert result.code == 0, result.err
+    assert "warning:" in result.err and "Gmail clips" in result.err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["preview", "nope.md"], "error: nope.md: file not found"),
+    (["preview", EXAMPLE, "--categories", "sports"], "error: Invalid value for '--categories': "
+     "unknown category 'sports'"),
+    (["--config", "missing.toml", "preview", EXAMPLE], "error: missing.toml: config file not found"),
+])
+def test_errors_are_one_line(run, tmp_path, args, message):
+    out = tmp_path / "x.html"
+    result = run(*args, "--out", out)
+    assert result.code != 0
+    assert result.err.strip().startswith(message), result.err
+    assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("broken, message", [
+    (lambda t: t.replace("title: A small issue\n", ""), ":1: front matter has no 'title'"),
+    (lambda t: t.replace("Body text citing a note.[^b]", "Body.[^7]"), ":19: footnote [^7] is never defined"),
+    (lambda t: t.replace("Intro paragraph.", "TK"), ":11: leftover placeholder 'TK'"),
+    (lambda t: t.replace("author: Ana", "author: [Ana"), ":6: invalid front matter"),
+    (lambda t: t.replace("<!-- categories: ai-tech -->", "<!-- categories: sport -->"),
+     ":14: unknown category 'sport'"),
+    (lambda t: t.replace("## Round-ups", "## Nothing here\n\n## Round-ups"), ":25: story 'Nothing here' is empty"),
+])
+def test_broken_digest_writes_nothing(run, tmp_path, broken, message):
+    digest = tmp_path / "broken.md"
+    digest.write_text(broken(GOOD.lstrip()))
+    out_dir = tmp_path / "out"
+    for args in (["preview", digest, "--out", out_dir / "x.html"], ["preview", digest, "--text", "--out",
+                                                                     out_dir / "x.txt"]):
+        result = run(*args)
+        assert result.code == 1
+        assert result.err.startswith(f"error: {digest}{message}"), result.err
+        assert "Traceback" not in result.err
+        assert not out_dir.exists() or list(out_dir.iterdir()) == []
+    result = run("check", digest)
+    assert result.code == 1 and f"{digest}{message}" in result.err
+
+
+def test_check_reports_warnings_and_passes(run, tmp_path):
+    digest = tmp_path / "warn.md"
+    digest.write_text(GOOD.lstrip() + "\n[^c]: [Unused](https://c.example.org)\n")
+    result = run("check", digest)
+    assert result.code == 0
+    assert f"warning: {digest}:37: footnote [^c] is defined but never cited" in result.err
+    assert result.out.startswith(f"ok: {digest}: 1 story, 1 round-up, 2 notes")
+
+
+def test_unexpected_errors_are_one_line_too(run, monkeypatch):
+    import newsletter.preview as preview
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(preview, "write_preview", boom)
+    result = run("preview", EXAMPLE)
+    assert result.code == 3
+    assert result.err.strip() == "error: unexpected RuntimeError: disk on fire (run with --debug for details)"
+    result = run("--debug", "preview", EXAMPLE)
+    assert "Traceback" in result.err
+
+
+def test_no_command_shows_help(run):
+    result = run()
+    assert result.code == 0 and "Commands:" in result.out
