@@ -63,6 +63,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "templates_dir": ("NEWSLETTER_TEMPLATES_DIR", "path"),
 }
 REQUIRED = ("name", "sender", "base_url", "postal_address")
+PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out"}  # relative to newsletter.toml
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -88,6 +89,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         if env.get(var, "") != "":
             values[key] = _parse(key, env[var], var, Path.cwd())
 
+    for key, default in PATH_DEFAULTS.items():
+        values.setdefault(key, base_dir / default)
     missing = [k for k in REQUIRED if not values.get(k)]
     if missing:
         key = missing[0]
@@ -154,6 +157,9 @@ def _parse_categories(value: Any, bad) -> tuple[Category, ...]:
         if not isinstance(item, dict) or not isinstance(item.get("slug"), str) \
                 or not isinstance(item.get("name"), str):
             raise bad("entries need a 'slug' and a 'name'")
+        extra = sorted(set(item) - {"slug", "name"})
+        if extra:
+            raise bad(f"entries take only 'slug' and 'name', not '{extra[0]}'")
         if not SLUG_RE.match(item["slug"]):
             raise bad(f"slug {item['slug']!r} must be lowercase letters, digits and dashes")
         if any(c.slug == item["slug"] for c in categories):

@@ -1,0 +1,167 @@
+"""What a reader sees: the example email in headless Chromium at phone and desktop widths."""
+
+import functools
+import http.server
+import shutil
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+
+from newsletter.render import personalize, preview_links
+
+from .conftest import ARTIFACTS, ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+SCREENSHOTS = ROOT / "build" / "screenshots"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--window-size=1024,900"]
+
+
+def png(width: int, height: int) -> bytes:
+    """A solid-colour PNG, so the test's image has a real size without any network."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\x00" + b"\x4a\x6f\x8c" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("Chromium and ChromeDriver are needed (Debian packages chromium, chromium-driver); "
+                    "scripts/test.sh installs them")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, renderer, example, session_settings):
+    """The email served over loopback, its image URL pointed at a local copy."""
+    root = tmp_path_factory.mktemp("site")
+    (root / "images" / "2026-04-22").mkdir(parents=True)
+    (root / "images" / "2026-04-22" / "kv-cache-chart.png").write_bytes(png(1200, 600))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    for name, categories in (("all", None), ("ai-tech", ["ai-tech"])):
+        email = renderer.render(example, categories)
+        page = personalize(email.html, preview_links(session_settings, example))
+        (root / f"{name}.html").write_text(page.replace(session_settings.base_url, base))
+    yield base
+    server.shutdown()
+
+
+def show(driver, url: str, width: int, dark: bool = False) -> None:
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": width, "height": 900, "deviceScaleFactor": 1, "mobile": width < 500})
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+        "features": [{"name": "prefers-color-scheme", "value": "dark" if dark else "light"}]})
+    driver.get(url)
+    driver.execute_script("return new Promise(r => document.readyState === 'complete' ? r() : onload = r)")
+
+
+def screenshot(driver, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    width = driver.execute_script("return window.innerWidth")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": width, "height": min(height, 16000), "deviceScaleFactor": 1, "mobile": width < 500})
+    path = SCREENSHOTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    ARTIFACTS.append(f"screenshot: {path}")
+    print(f"screenshot: {path}")
+    return path
+
+
+OVERFLOW = """
+const limit = window.innerWidth;
+const wide = [];
+for (const el of document.body.querySelectorAll('*')) {
+  const style = getComputedStyle(el);
+  if (style.display === 'none' || el.closest('[style*="display:none"]')) continue;
+  const box = el.getBoundingClientRect();
+  if (box.width > 0 && box.right > limit + 0.5)
+    wide.push(el.tagName + '.' + el.className + ' right=' + Math.round(box.right));
+}
+return {scroll: document.documentElement.scrollWidth, inner: limit, wide: wide.slice(0, 5)};
+"""
+
+
+@pytest.mark.parametrize("width", [375, 640])
+@pytest.mark.parametrize("variant", ["all", "ai-tech"])
+def test_no_horizontal_overflow(browser, site, width, variant):
+    show(browser, f"{site}/{variant}.html", width)
+    found = browser.execute_script(OVERFLOW)
+    assert found["inner"] == width
+    assert found["scroll"] <= width, found
+    assert found["wide"] == [], found
+    image = browser.execute_script(
+        "const i = document.querySelector('img.img'); return i && [i.naturalWidth, i.getBoundingClientRect().width]")
+    natural, shown = image
+    assert natural == 1200, "the test image loaded"
+    assert shown <= width - 2 * 16, "the image scales down to the column"
+    screenshot(browser, f"{variant}-{width}")
+
+
+def contrast(fg, bg) -> float:
+    def luminance(rgb):
+        channels = [c / 255 for c in rgb]
+        channels = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]
+    lighter, darker = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+COLOURS = """
+function rgb(s) { return s.match(/\\d+/g).slice(0, 3).map(Number); }
+function background(el) {
+  for (; el; el = el.parentElement) {
+    const c = getComputedStyle(el).backgroundColor;
+    if (c && c !== 'rgba(0, 0, 0, 0)' && c !== 'transparent') return rgb(c);
+  }
+  return [255, 255, 255];
+}
+return Array.from(document.querySelectorAll(arguments[0])).map(el =>
+  [el.tagName + '.' + el.className, rgb(getComputedStyle(el).color), background(el)]);
+"""
+
+
+@pytest.mark.parametrize("dark", [False, True])
+def test_text_stays_readable_in_light_and_dark(browser, site, dark):
+    show(browser, f"{site}/all.html", 640, dark=dark)
+    samples = browser.execute_script(COLOURS, "h1, h2, h3, p, li, .source, .domain, .note-quote, sup a, "
+                                              ".footer a, .tldr-label")
+    assert len(samples) > 50
+    page = browser.execute_script("return getComputedStyle(document.querySelector('.card')).backgroundColor")
+    assert ("rgb(28, 30, 34)" if dark else "rgb(255, 255, 255)") == page
+    for name, fg, bg in samples:
+        assert contrast(fg, bg) >= 4.5, f"{name}: {fg} on {bg} ({'dark' if dark else 'light'} mode)"
+    screenshot(browser, f"all-640-{'dark' if dark else 'light'}")
+
+
+def test_footnote_reference_jumps_to_its_note_and_back(browser, site):
+    show(browser, f"{site}/all.html", 375)
+    ref = browser.find_elements("css selector", "sup.fnref a")[5]
+    number = ref.text
+    browser.execute_script("arguments[0].scrollIntoView(); arguments[0].click()", ref)
+    top = browser.execute_script(f"return document.getElementsByName('fn-{number}')[0].getBoundingClientRect().top")
+    assert -2 <= top < 100, "the note is at the top of the screen"
+    back = browser.find_element("css selector", f"a.back[href='#{ref.get_attribute('id')}']")
+    browser.execute_script("arguments[0].click()", back)
+    top = browser.execute_script("return arguments[0].getBoundingClientRect().top", ref)
+    assert -2 <= top < 100, "the back-reference returns to the citation"
