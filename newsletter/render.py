@@ -18,13 +18,15 @@ from markupsafe import Markup
 from premailer import Premailer
 
 from .config import Settings
-from .digest import REF_RE, Digest, Footnote, Section
+from .digest import LINK_STYLE, REF_RE, Digest, Footnote, Section
 from .errors import RenderError
 
 DOCTYPE = "<!doctype html>"
 SIZE_WARNING = 90 * 1024  # Gmail clips messages at about 102 KB
 LINK_NAMES = ("unsubscribe_url", "preferences_url", "browser_url")
 PLACEHOLDERS = {name: f"%%{name}%%" for name in LINK_NAMES}
+REF_STYLE = "font-size:12px;line-height:0"
+REF_LINK_STYLE = f"{LINK_STYLE};text-decoration:none;font-weight:600;padding:0 1px"
 PLACEHOLDER_RE = re.compile("%%(" + "|".join(LINK_NAMES) + ")%%")
 
 logging.getLogger("cssutils").setLevel(logging.CRITICAL)
@@ -177,12 +179,30 @@ class Renderer:
         return html.replace("<style", '<style data-premailer="ignore"')
 
     def inline(self, html: str) -> str:
-        inlined = Premailer(
+        inlined = _Inliner(
             html, css_text=self.css, allow_network=False, keep_style_tags=False,
             strip_important=False, remove_classes=False, disable_validation=True,
             cssutils_logging_level=logging.CRITICAL, cache_css_parsing=True,
-        ).transform()
+        ).transform(pretty_print=False)
         return f"{DOCTYPE}\n{inlined}" if not inlined.lstrip().lower().startswith("<!doctype") else inlined
+
+
+class _Inliner(Premailer):
+    """premailer, with the parsed rules of our one stylesheet kept between emails.
+
+    premailer caches cssutils' parse of a stylesheet but turns it into rules again for every
+    email: about half of its time for a 60 KB email. The result depends only on the CSS text
+    and the options, which are the same for every email a Renderer makes.
+    """
+
+    _rules: dict[tuple, tuple] = {}
+
+    def _parse_style_rules(self, css_body, ruleset_index):
+        key = (css_body, ruleset_index, self.strip_important, self.disable_validation)
+        if key not in self._rules:
+            self._rules[key] = super()._parse_style_rules(css_body, ruleset_index)
+        rules, leftover = self._rules[key]
+        return list(rules), list(leftover)
 
 
 def personalize(text: str, links: dict[str, str]) -> str:
@@ -223,8 +243,10 @@ def _number_refs(html: str, numbering: dict[str, Note], backrefs: dict[str, list
         anchors = backrefs.setdefault(note.footnote.label, [])
         anchor = f"fnref-{note.number}-{len(anchors) + 1}"
         anchors.append(anchor)
-        return (f'<sup class="fnref"><a href="#{note.anchor}" name="{anchor}" id="{anchor}">'
-                f"{note.number}</a></sup>")
+        # Styled here rather than by premailer: references are the most frequent element, and
+        # each element premailer styles costs it time.
+        return (f'<sup class="fnref" style="{REF_STYLE}"><a href="#{note.anchor}" name="{anchor}" '
+                f'id="{anchor}" style="{REF_LINK_STYLE}">{note.number}</a></sup>')
     return REF_RE.sub(ref, html)
 
 
