@@ -102,7 +102,7 @@ return {scroll: document.documentElement.scrollWidth, inner: limit, wide: wide.s
 """
 
 
-@pytest.mark.parametrize("width", [375, 640])
+@pytest.mark.parametrize("width", [320, 375, 640])
 @pytest.mark.parametrize("variant", ["all", "ai-tech"])
 def test_no_horizontal_overflow(browser, site, width, variant):
     show(browser, f"{site}/{variant}.html", width)
@@ -115,6 +115,7 @@ def test_no_horizontal_overflow(browser, site, width, variant):
     natural, shown = image
     assert natural == 1200, "the test image loaded"
     assert shown <= width - 2 * 16, "the image scales down to the column"
+    assert shown >= min(width - 2 * 32, 592) - 1, "and still fills it"
     screenshot(browser, f"{variant}-{width}")
 
 

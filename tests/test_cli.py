@@ -1,8 +1,14 @@
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+
 import pytest
 
 from newsletter.cli import cli
 
-from .conftest import EXAMPLE
+from .conftest import EXAMPLE, ROOT
 from .test_digest import GOOD
 
 
@@ -74,6 +80,9 @@ def test_errors_are_one_line(run, tmp_path, args, message):
     (lambda t: t.replace("<!-- categories: ai-tech -->", "<!-- categories: sport -->"),
      ":14: unknown category 'sport'"),
     (lambda t: t.replace("## Round-ups", "## Nothing here\n\n## Round-ups"), ":25: story 'Nothing here' is empty"),
+    (lambda t: t.replace("---\n", "", 1), ":1: no front matter"),
+    (lambda t: t.replace("One paragraph.", "One paragraph. TODO"), ":30: leftover placeholder 'TODO'"),
+    (lambda t: t.replace("categories: [ai-research]", "categories: [gardening]"), ":6: unknown category"),
 ])
 def test_broken_digest_writes_nothing(run, tmp_path, broken, message):
     digest = tmp_path / "broken.md"
@@ -115,3 +124,32 @@ def test_unexpected_errors_are_one_line_too(run, monkeypatch):
 def test_no_command_shows_help(run):
     result = run()
     assert result.code == 0 and "Commands:" in result.out
+
+
+def test_preview_open_opens_the_written_file(run, tmp_path, monkeypatch):
+    opened = []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    out = tmp_path / "o.html"
+    result = run("preview", EXAMPLE, "--out", out, "--open")
+    assert result.code == 0
+    assert opened == [out.resolve().as_uri()]
+
+
+def test_preview_serve_from_the_command_line(tmp_path):
+    """`newsletter preview --serve` as a user runs it: a process serving on 127.0.0.1."""
+    process = subprocess.Popen([sys.executable, "-m", "newsletter", "preview", str(EXAMPLE), "--serve",
+                                "--port", "0", "--categories", "ai-tech"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        url = re.search(r"at (http://127\.0\.0\.1:\d+/)", line).group(1)
+        with urllib.request.urlopen(url + "email.html", timeout=10) as response:
+            page = response.read().decode()
+        assert "RCLA promises a sixfold" in page and "Lemma-7B learns when" not in page
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert "variant: ai-tech" in response.read().decode()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+    assert process.returncode == 0
+    assert "Traceback" not in process.stderr.read()

@@ -172,3 +172,13 @@ def test_footer_links_are_placeholders_until_personalized(renderer, example, ses
 def test_empty_category_set_keeps_only_shared_sections(example):
     variant = select(example, [])
     assert [s.kind for s in variant.sections] == ["opening", "roundups"]
+
+
+def test_text_is_escaped_in_html(write_digest, settings, renderer):
+    from .test_digest import GOOD
+    text = GOOD.replace("title: A small issue", "title: 'AT&T <b>ships</b> \"quotes\"'")
+    email = renderer.render(load_digest(write_digest(text), settings))
+    assert "AT&amp;T &lt;b&gt;ships&lt;/b&gt;" in email.html
+    assert "<b>ships</b>" not in email.html
+    assert email.subject == 'AT&T <b>ships</b> "quotes"'
+    assert 'AT&T <b>ships</b> "quotes"' in email.text
