@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +43,7 @@ class Footnote:
     url: str
     title: str
     source_html: str  # the definition's first paragraph: the linked title as written
+    source_text: str
     quote_html: str
     quote_text: str
     line: int
@@ -81,6 +83,7 @@ class Section:
     body_text: str = ""
     entries: list[RoundupItem] = field(default_factory=list)
 
+    @cached_property
     def cited_labels(self) -> list[str]:
         """Footnote labels in the order a reader meets them in this section."""
         # The same order as the templates show them: title, source line, TL;DR, body, round-ups.
@@ -227,7 +230,7 @@ def parse_digest(text: str, path: Path, settings: Settings, check: _Checker) -> 
                for chunk in story_chunks]
     _check_anchors(stories)
 
-    cited = {label for s in [opening, *stories] for label in s.cited_labels()}
+    cited = {label for s in [opening, *stories] for label in s.cited_labels}
     for label, note in footnotes.items():
         if label not in cited:
             check.warn(note.line, f"footnote [^{label}] is defined but never cited")
@@ -382,9 +385,14 @@ def _footnote(label: str, tokens: list[Token], env, line: int, check: _Checker) 
     close = next(i for i in range(idx, len(children)) if children[i].type == "link_close")
     title = "".join(c.content for c in children[idx + 1:close] if c.type in ("text", "code_inline"))
     quote_tokens = _between(tokens, "blockquote_open", "blockquote_close")
+    blocks = sum(1 for t in tokens if t.nesting == 1 and t.level == tokens[0].level)
+    if blocks > 1 + bool(quote_tokens):
+        check.warn(line, f"footnote [^{label}]: only its first paragraph (the source link) and its "
+                   "quote are shown; the rest of the note is left out")
     quote_inlines = [t for t in quote_tokens if t.type == "inline"]
     return Footnote(
         label=label, url=str(link.attrGet("href")), title=title.strip() or str(link.attrGet("href")),
+        source_text="".join(c.content for c in children if c.type in ("text", "code_inline")).strip(),
         source_html=MD.renderer.render([t for t in children if t.type != "footnote_anchor"],
                                        MD.options, env),
         quote_html="<br>".join(MD.renderer.render(t.children or [], MD.options, env)

@@ -95,7 +95,7 @@ def select(digest: Digest, categories: Iterable[str] | None = None) -> Variant:
     notes: dict[str, Note] = {}
     placement: dict[int, list[Note]] = {}
     for index, section in enumerate(sections):
-        for label in section.cited_labels():
+        for label in section.cited_labels:
             if label not in notes:
                 notes[label] = Note(len(notes) + 1, digest.footnotes[label])
                 home = index if digest.footnote_mode == "inline" else len(sections)
@@ -257,5 +257,5 @@ def _note_view(note: Note, backrefs: list[str], html: bool) -> dict:
     if html:
         view |= {"source": Markup(fn.source_html), "quote": Markup(fn.quote_html)}
     else:
-        view |= {"quote": fn.quote_text}
+        view |= {"source": fn.source_text, "quote": fn.quote_text}
     return view

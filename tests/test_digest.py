@@ -61,7 +61,7 @@ def test_example_digest_structure(example):
     assert len(roundups.entries) == 7 and all(e.source_html for e in roundups.entries)
     assert len(example.footnotes) == 18
     assert example.warnings == []
-    cited = [label for s in example.sections for label in s.cited_labels()]
+    cited = [label for s in example.sections for label in s.cited_labels]
     assert len(cited) > len(set(cited)), "some notes are cited several times"
 
 
@@ -75,7 +75,7 @@ def test_small_digest_parses(write_digest, settings):
     assert roundups.entries[0].title_text == "Item one"
     assert digest.footnotes["b"].domain == "b.example.org"
     assert digest.footnotes["a"].quote_text == "Quoted excerpt A."
-    assert digest.opening.cited_labels() == ["a"]
+    assert digest.opening.cited_labels == ["a"]
 
 
 def test_default_categories_apply_to_stories_without_their_own(write_digest, settings):
@@ -156,3 +156,17 @@ def test_definition_in_the_middle_of_a_story_is_not_body_text(write_digest, sett
     digest = load_digest(write_digest(text), settings)
     assert "mid.example.org" not in digest.stories[0].body_html
     assert digest.footnotes["c"].url == "https://mid.example.org"
+
+
+def test_extra_text_in_a_note(write_digest, settings, renderer):
+    text = GOOD.replace("[^b]: [Note B](https://www.b.example.org/y)",
+                        "[^b]: [Note B](https://www.b.example.org/y), via a friend")
+    digest = load_digest(write_digest(text), settings)
+    assert digest.warnings == []
+    email = renderer.render(digest)
+    assert "Note B</a>, via a friend" in email.html and "Note B, via a friend (b.example.org)" in email.text
+    text = text.replace("via a friend", "via a friend\n\n    A second paragraph of commentary.")
+    digest = load_digest(write_digest(text), settings)
+    assert [str(w).split(": ", 1)[1] for w in digest.warnings] == [
+        "footnote [^b]: only its first paragraph (the source link) and its quote are shown; "
+        "the rest of the note is left out"]
