@@ -103,7 +103,7 @@ class Digest:
     preheader: str
     footnote_mode: str  # "inline" | "end"
     opening: Section
-    stories: list[Section]
+    stories: list[Section]  # every '## ' section in order, the round-ups included (see .kind)
     footnotes: dict[str, Footnote]
     warnings: list[Problem] = field(default_factory=list)
 
@@ -192,10 +192,11 @@ def parse_digest(text: str, path: Path, settings: Settings, check: _Checker) -> 
     text = text.replace("\r\n", "\n").lstrip("\ufeff")
     lines = text.split("\n")
     front, body_start = _split_front_matter(lines, check)
-    meta, key_lines = _load_front_matter(front, check) if front is not None else ({}, {})
+    loaded = _load_front_matter(front, check) if front is not None else None
     _check_placeholders(lines, check)
-    if front is None:
+    if loaded is None:  # already reported; the rest would only add noise
         return None
+    meta, key_lines = loaded
 
     def line_of(key: str) -> int:
         return key_lines.get(key, 1)
@@ -261,7 +262,7 @@ def _split_front_matter(lines: list[str], check: _Checker) -> tuple[str | None, 
     return None, 0
 
 
-def _load_front_matter(front: str, check: _Checker) -> tuple[dict[str, Any], dict[str, int]]:
+def _load_front_matter(front: str, check: _Checker) -> tuple[dict[str, Any], dict[str, int]] | None:
     try:
         node = yaml.compose(front, Loader=yaml.SafeLoader)
         meta = yaml.safe_load(front)
@@ -270,12 +271,12 @@ def _load_front_matter(front: str, check: _Checker) -> tuple[dict[str, Any], dic
         line = mark.line + 2 if mark is not None else 1
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         check.error(line, f"invalid front matter: {problem}")
-        return {}, {}
+        return None
     if meta is None:
         meta = {}
     if not isinstance(meta, dict):
         check.error(2, "front matter must be 'key: value' lines")
-        return {}, {}
+        return None
     key_lines = {}
     if isinstance(node, yaml.MappingNode):
         key_lines = {k.value: k.start_mark.line + 2 for k, _ in node.value

@@ -115,6 +115,12 @@ def test_errors_name_file_and_line(write_digest, settings, change, line, message
     assert any(p.startswith(f"{path}:{line}: ") and message in p for p in found), found
 
 
+def test_broken_front_matter_is_one_error(write_digest, settings):
+    with pytest.raises(DigestError) as excinfo:
+        load_digest(write_digest(GOOD.replace("author: Ana", "author: [Ana")), settings)
+    assert len(excinfo.value.problems) == 1
+
+
 def test_placeholders_in_code_are_allowed(write_digest, settings):
     text = GOOD.replace("Intro paragraph.", "Intro with `TODO` in code.\n\n```\n# TODO: not a leftover\n```")
     assert load_digest(write_digest(text), settings).title == "A small issue"
