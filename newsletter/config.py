@@ -37,6 +37,7 @@ class Settings:
     digests_dir: Path = Path("digests")
     output_dir: Path = Path("out")
     templates_dir: Path | None = None  # None: the templates shipped with newsletter
+    database_url: str = "sqlite:///subscribers.db"  # relative to the working directory
     config_path: Path | None = field(default=None, compare=False)
 
     def category(self, slug: str) -> Category | None:
@@ -61,6 +62,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "digests_dir": ("NEWSLETTER_DIGESTS_DIR", "path"),
     "output_dir": ("NEWSLETTER_OUTPUT_DIR", "path"),
     "templates_dir": ("NEWSLETTER_TEMPLATES_DIR", "path"),
+    "database_url": ("NEWSLETTER_DATABASE_URL", "database"),
 }
 REQUIRED = ("name", "sender", "base_url", "postal_address")
 PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out"}  # relative to newsletter.toml
@@ -132,6 +134,11 @@ def _parse(key: str, value: Any, source: Path | str, base_dir: Path) -> Any:
         if not re.match(r"^https?://[^\s/]+", value):
             raise bad(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
+    if kind == "database":
+        if not re.match(r"^[a-z][a-z0-9+]*://", value):
+            raise bad(f"must be an SQLAlchemy URL like sqlite:///subscribers.db or "
+                      f"postgresql+psycopg://user@host/db, got {value!r}")
+        return value
     if kind == "address":
         if "@" not in parseaddr(value)[1]:
             raise bad(f"must be an email address like 'Name <me@example.com>', got {value!r}")

@@ -4,6 +4,7 @@
     ├── ConfigError                 newsletter.toml or a NEWSLETTER_* variable (.path, .key)
     ├── DigestError                 a digest file is not fit to send (.problems: list[Problem])
     ├── RenderError                 templates or MJML failed (a bug or a broken custom template)
+    ├── StoreError                  the database cannot be opened or migrated
     ├── SubscriberError             a reader or an import row cannot be stored
     └── ProviderError               the email provider refused or failed
         ├── RateLimited             wait and retry (.retry_after seconds)
@@ -66,6 +67,10 @@ class DigestError(NewsletterError):
 
 
 class RenderError(NewsletterError):
+    pass
+
+
+class StoreError(NewsletterError):
     pass
 
 

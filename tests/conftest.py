@@ -75,3 +75,41 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("artifacts")
         for line in ARTIFACTS:
             terminalreporter.write_line(line)
+
+
+# -- databases: every store test runs on SQLite and on the machine's PostgreSQL ------------------
+
+PG_URL = os.environ.get("NEWSLETTER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty database: an SQLite file, or a schema of its own in PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'subscribers.db'}"
+        return
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    except sa.exc.OperationalError as e:  # never skip: CI must test PostgreSQL
+        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable ({e.orig}); "
+                    "scripts/test.sh starts it")
+    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture
+def subs(db_url, session_settings):
+    from newsletter.subscribers import Subscribers
+
+    store = Subscribers.open(db_url, session_settings.categories)
+    yield store
+    store.close()

@@ -1,0 +1,182 @@
+"""The database: SQLAlchemy 2 models, the engine, and Alembic migrations applied on first use.
+
+`open_store(url)` gives an engine whose schema is at the newest revision. SQLite (the default,
+`subscribers.db` in the working directory) and PostgreSQL (psycopg 3) are both supported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .errors import StoreError
+
+DEFAULT_URL = "sqlite:///subscribers.db"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Timestamps in UTC, timezone-aware on the way out on every backend (SQLite has no zones)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use newsletter.store.utcnow()")
+        return value.astimezone(dt.timezone.utc) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CategoryRow(Base):
+    __tablename__ = "categories"
+    slug: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+
+
+class ReaderRow(Base):
+    __tablename__ = "readers"
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(sa.String(320), unique=True)  # normalized: see subscribers.py
+    name: Mapped[str | None] = mapped_column(sa.String(200))
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    token: Mapped[str] = mapped_column(sa.String(64), unique=True)  # secret for the reader's links
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    status_changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    unsubscribed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    consent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    consent_method: Mapped[str | None] = mapped_column(sa.String(16))  # form | import | cli
+    consent_ip: Mapped[str | None] = mapped_column(sa.String(45))
+    consent_source: Mapped[str | None] = mapped_column(sa.String(300))  # e.g. the imported file
+
+
+class ReaderCategoryRow(Base):
+    __tablename__ = "reader_categories"
+    reader_id: Mapped[int] = mapped_column(sa.ForeignKey("readers.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    category: Mapped[str] = mapped_column(sa.ForeignKey("categories.slug", ondelete="CASCADE"),
+                                          primary_key=True, index=True)
+
+
+class SuppressionRow(Base):
+    """Forgotten addresses: only a one-way hash, so they are never added again by mistake."""
+
+    __tablename__ = "suppressions"
+    email_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(sa.String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class EventRow(Base):
+    """What happened to a reader and when: status changes, category changes, token rotation."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    reader_id: Mapped[int | None] = mapped_column(sa.ForeignKey("readers.id", ondelete="SET NULL"),
+                                                  index=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    detail: Mapped[str | None] = mapped_column(sa.Text)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+readers = ReaderRow.__table__
+categories = CategoryRow.__table__
+reader_categories = ReaderCategoryRow.__table__
+suppressions = SuppressionRow.__table__
+events = EventRow.__table__
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout."""
+    for plain in ("postgresql://", "postgres://"):  # psycopg 3 is the driver we ship
+        if url.startswith(plain):
+            url = "postgresql+psycopg://" + url[len(plain):]
+    try:
+        engine = sa.create_engine(url, future=True)
+    except (sa.exc.ArgumentError, ImportError) as e:
+        raise StoreError(f"cannot use database URL {_safe_url(url)}: {e}") from None
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA busy_timeout = 10000")
+            if engine.url.database not in (None, "", ":memory:"):
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.close()
+    return engine
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only for an error message
+        return "(unparseable)"
+
+
+# -- migrations ---------------------------------------------------------------------------------
+
+def _alembic_config(connection: sa.Connection):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    config = _alembic_config(None)  # type: ignore[arg-type]
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision`, keeping every row."""
+    from alembic import command
+
+    try:
+        with engine.begin() as connection:
+            command.upgrade(_alembic_config(connection), revision)
+    except sa.exc.OperationalError as e:
+        raise StoreError(f"cannot open database {_safe_url(str(engine.url))}: "
+                         f"{str(e.orig).splitlines()[0]}") from None
+
+
+def open_engine(url: str = DEFAULT_URL) -> Engine:
+    """An engine whose schema is at the newest revision (migrating on first use)."""
+    engine = create_engine(url)
+    try:
+        if current_revision(engine) != head_revision():
+            upgrade(engine)
+    except sa.exc.OperationalError as e:
+        raise StoreError(f"cannot open database {_safe_url(url)}: "
+                         f"{str(e.orig).splitlines()[0]}") from None
+    return engine

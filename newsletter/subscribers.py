@@ -1,0 +1,374 @@
+"""Readers and what they want to read: statuses, addresses, consent, and the operations on them.
+
+Every status change goes through `change_status`, which refuses impossible transitions and logs
+an event. Only `active` readers are ever sent to.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import enum
+import functools
+import hashlib
+import json
+import secrets
+import unicodedata
+from dataclasses import dataclass
+from typing import IO, Iterable, Iterator
+
+import sqlalchemy as sa
+from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import DOT_ATOM_TEXT
+from sqlalchemy.engine import Connection, Engine
+
+from .config import Category
+from .errors import SubscriberError
+from .store import (categories, events, open_engine, reader_categories, readers, suppressions,
+                    utcnow)
+
+
+class Status(str, enum.Enum):
+    PENDING = "pending"  # awaiting double opt-in
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+# Where a reader may go from each status. Leaving `unsubscribed`, `bounced` or `complained`
+# needs the reader's own new consent: back to `pending` (double opt-in) or, confirmed, `active`.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset({Status.ACTIVE, Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED}),
+    Status.ACTIVE: frozenset({Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED}),
+    Status.UNSUBSCRIBED: frozenset({Status.PENDING, Status.ACTIVE}),
+    Status.BOUNCED: frozenset({Status.PENDING, Status.ACTIVE}),
+    Status.COMPLAINED: frozenset({Status.PENDING}),
+}
+STOPPED = frozenset({Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED})
+
+
+class ConsentMethod(str, enum.Enum):
+    FORM = "form"
+    IMPORT = "import"
+    CLI = "cli"
+
+
+@dataclass(frozen=True)
+class Consent:
+    method: ConsentMethod
+    source: str | None = None  # the imported file, the form's page, ...
+    ip: str | None = None
+    at: dt.datetime | None = None  # None: now
+
+
+@dataclass
+class Reader:
+    id: int
+    email: str
+    name: str | None
+    status: Status
+    token: str
+    categories: tuple[str, ...]
+    created_at: dt.datetime
+    status_changed_at: dt.datetime
+    confirmed_at: dt.datetime | None = None
+    unsubscribed_at: dt.datetime | None = None
+    consent_at: dt.datetime | None = None
+    consent_method: str | None = None
+    consent_ip: str | None = None
+    consent_source: str | None = None
+
+    def as_row(self) -> dict:
+        return {"email": self.email, "name": self.name or "", "status": self.status.value,
+                "categories": ",".join(self.categories),
+                **{k: _iso(getattr(self, k)) for k in ("created_at", "confirmed_at", "unsubscribed_at",
+                                                       "consent_at")},
+                "consent_method": self.consent_method or "", "consent_ip": self.consent_ip or "",
+                "consent_source": self.consent_source or ""}
+
+
+EXPORT_COLUMNS = ["email", "name", "status", "categories", "created_at", "confirmed_at",
+                  "unsubscribed_at", "consent_at", "consent_method", "consent_ip", "consent_source"]
+
+
+def _iso(value) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else ""
+
+
+# -- addresses ----------------------------------------------------------------------------------
+
+def normalize_email(raw: str) -> str:
+    """The one form of an address we store and compare; raises SubscriberError if it is invalid.
+
+    Addresses compare case-insensitively (`Ana@Example.COM` is `ana@example.com`); Unicode is
+    NFC-normalized; internationalized addresses are kept in Unicode. No DNS look-up.
+    """
+    address = unicodedata.normalize("NFC", (raw or "").strip()).lower()
+    if not address:
+        raise SubscriberError("empty email address")
+    local, at, domain = address.rpartition("@")
+    if len(local) > 64:  # RFC 5321; email-validator lets longer ones through
+        raise SubscriberError(f"invalid email address {raw.strip()!r}: more than 64 characters "
+                              "before the @-sign")
+    # Fast path for the common case: a plain ASCII local part (checked with email-validator's
+    # own pattern) at a domain email-validator has already accepted once.
+    if at and len(address) <= 254 and local.isascii() \
+            and DOT_ATOM_TEXT.match(local):
+        return f"{local}@{_valid_domain(domain)}"
+    try:
+        return validate_email(address, check_deliverability=False).normalized.lower()
+    except EmailNotValidError as e:
+        raise SubscriberError(f"invalid email address {raw.strip()!r}: {e}") from None
+
+
+@functools.lru_cache(maxsize=65536)
+def _valid_domain(domain: str) -> str:
+    try:
+        return validate_email(f"x@{domain}", check_deliverability=False).domain.lower()
+    except EmailNotValidError as e:
+        raise SubscriberError(f"invalid email domain {domain!r}: {e}") from None
+
+
+def email_hash(email: str) -> str:
+    """The one-way hash a forgotten address leaves behind."""
+    return hashlib.sha256(f"newsletter-forgotten:{email}".encode()).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)  # 192 bits
+
+
+# -- the store of readers -----------------------------------------------------------------------
+
+class Subscribers:
+    """Readers in a database. Create with `Subscribers.open(url, categories)`."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str, known: Iterable[Category] = ()) -> "Subscribers":
+        subscribers = cls(open_engine(url))
+        subscribers.sync_categories(known)
+        return subscribers
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def sync_categories(self, known: Iterable[Category]) -> None:
+        """Make the categories table match the settings (slugs are never deleted: readers keep them)."""
+        known = list(known)
+        with self.engine.begin() as conn:
+            stored = dict(conn.execute(sa.select(categories.c.slug, categories.c.name)).all())
+            for category in known:
+                if category.slug not in stored:
+                    conn.execute(sa.insert(categories).values(slug=category.slug, name=category.name))
+                elif stored[category.slug] != category.name:
+                    conn.execute(sa.update(categories).where(categories.c.slug == category.slug)
+                                 .values(name=category.name))
+        self.categories = {c.slug: c.name for c in known}
+
+    def check_categories(self, slugs: Iterable[str]) -> tuple[str, ...]:
+        slugs = tuple(dict.fromkeys(s.strip() for s in slugs if s and s.strip()))
+        for slug in slugs:
+            if slug not in self.categories:
+                known = ", ".join(self.categories) or "none are configured"
+                raise SubscriberError(f"unknown category '{slug}' (known: {known})")
+        return slugs
+
+    # -- one reader ------------------------------------------------------------------------------
+
+    def get(self, email: str, conn: Connection | None = None) -> Reader | None:
+        address = normalize_email(email)
+        with self._conn(conn) as c:
+            row = c.execute(sa.select(readers).where(readers.c.email == address)).mappings().first()
+            if row is None:
+                return None
+            slugs = c.execute(sa.select(reader_categories.c.category)
+                              .where(reader_categories.c.reader_id == row["id"])
+                              .order_by(reader_categories.c.category)).scalars().all()
+        return _reader(row, slugs)
+
+    def require(self, email: str, conn: Connection | None = None) -> Reader:
+        reader = self.get(email, conn)
+        if reader is None:
+            raise SubscriberError(f"no reader with address {normalize_email(email)}")
+        return reader
+
+    def is_forgotten(self, email: str, conn: Connection | None = None) -> bool:
+        with self._conn(conn) as c:
+            return c.execute(sa.select(suppressions.c.email_hash)
+                             .where(suppressions.c.email_hash == email_hash(email))).first() is not None
+
+    def add(self, email: str, *, name: str | None = None, categories: Iterable[str] = (),
+            status: Status = Status.ACTIVE, consent: Consent) -> Reader:
+        """Add a new reader. An address that is known, or was forgotten, is refused."""
+        address = normalize_email(email)
+        slugs = self.check_categories(categories)
+        with self.engine.begin() as conn:
+            if self.is_forgotten(address, conn):
+                raise SubscriberError(f"{address} was forgotten at the reader's request and cannot be "
+                                      "added again")
+            existing = self.get(address, conn)
+            if existing is not None:
+                raise SubscriberError(f"{address} is already a reader ({existing.status.value})")
+            now = consent.at or utcnow()
+            reader_id = conn.execute(sa.insert(readers).values(
+                email=address, name=(name or "").strip() or None, status=status.value,
+                token=new_token(), created_at=now, status_changed_at=now,
+                confirmed_at=now if status == Status.ACTIVE else None,
+                consent_at=now, consent_method=consent.method.value, consent_ip=consent.ip,
+                consent_source=consent.source)).inserted_primary_key[0]
+            if slugs:
+                conn.execute(sa.insert(reader_categories),
+                             [{"reader_id": reader_id, "category": s} for s in slugs])
+            self._event(conn, reader_id, "added", status=status.value, method=consent.method.value)
+            return self.require(address, conn)
+
+    def change_status(self, email: str, new: Status, *, reason: str | None = None,
+                      conn: Connection | None = None) -> Reader:
+        """Move a reader to `new`; refuses transitions TRANSITIONS does not allow."""
+        with self._begin(conn) as c:
+            reader = self.require(email, c)
+            if reader.status == new:
+                return reader
+            if new not in TRANSITIONS[reader.status]:
+                raise SubscriberError(f"{reader.email} is {reader.status.value} and cannot become "
+                                      f"{new.value}")
+            now = utcnow()
+            values = {"status": new.value, "status_changed_at": now}
+            if new == Status.ACTIVE:
+                values["confirmed_at"] = now
+            if new == Status.UNSUBSCRIBED:
+                values["unsubscribed_at"] = now
+            c.execute(sa.update(readers).where(readers.c.id == reader.id).values(**values))
+            self._event(c, reader.id, "status", old=reader.status.value, new=new.value, reason=reason)
+            return self.require(reader.email, c)
+
+    def set_categories(self, email: str, slugs: Iterable[str]) -> Reader:
+        slugs = self.check_categories(slugs)
+        with self.engine.begin() as conn:
+            reader = self.require(email, conn)
+            conn.execute(sa.delete(reader_categories).where(reader_categories.c.reader_id == reader.id))
+            if slugs:
+                conn.execute(sa.insert(reader_categories),
+                             [{"reader_id": reader.id, "category": s} for s in slugs])
+            self._event(conn, reader.id, "categories", old=list(reader.categories), new=list(slugs))
+            return self.require(reader.email, conn)
+
+    def rotate_token(self, email: str) -> Reader:
+        """A new secret for the reader's links; the old links stop working."""
+        with self.engine.begin() as conn:
+            reader = self.require(email, conn)
+            conn.execute(sa.update(readers).where(readers.c.id == reader.id).values(token=new_token()))
+            self._event(conn, reader.id, "token_rotated")
+            return self.require(reader.email, conn)
+
+    def by_token(self, token: str) -> Reader | None:
+        with self.engine.connect() as conn:
+            email = conn.execute(sa.select(readers.c.email).where(readers.c.token == token)).scalar()
+            return self.get(email, conn) if email else None
+
+    def forget(self, email: str) -> None:
+        """Erase the reader (GDPR): the row and its events' details go; a one-way hash stays."""
+        with self.engine.begin() as conn:
+            address = normalize_email(email)
+            reader = self.get(address, conn)
+            if reader is None and self.is_forgotten(address, conn):
+                return
+            if reader is None:
+                raise SubscriberError(f"no reader with address {address}")
+            conn.execute(sa.delete(events).where(events.c.reader_id == reader.id))
+            conn.execute(sa.delete(readers).where(readers.c.id == reader.id))
+            conn.execute(sa.insert(suppressions).values(email_hash=email_hash(address),
+                                                        reason="forgotten", created_at=utcnow()))
+            self._event(conn, None, "forgotten")
+
+    # -- many readers ----------------------------------------------------------------------------
+
+    def iter_readers(self, status: Status | None = None, category: str | None = None,
+                     chunk: int = 2000) -> Iterator[Reader]:
+        """Every matching reader, in id order, a chunk at a time: memory stays flat at any size."""
+        if category is not None:
+            self.check_categories([category])
+        last_id = 0
+        while True:
+            query = sa.select(readers).where(readers.c.id > last_id).order_by(readers.c.id).limit(chunk)
+            if status is not None:
+                query = query.where(readers.c.status == status.value)
+            if category is not None:
+                query = query.where(readers.c.id.in_(
+                    sa.select(reader_categories.c.reader_id).where(reader_categories.c.category == category)))
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).mappings().all()
+                if not rows:
+                    return
+                slugs: dict[int, list[str]] = {}
+                ids = [r["id"] for r in rows]
+                for reader_id, slug in conn.execute(
+                        sa.select(reader_categories.c.reader_id, reader_categories.c.category)
+                        .where(reader_categories.c.reader_id.in_(ids))
+                        .order_by(reader_categories.c.reader_id, reader_categories.c.category)):
+                    slugs.setdefault(reader_id, []).append(slug)
+            for row in rows:
+                yield _reader(row, slugs.get(row["id"], ()))
+            last_id = ids[-1]
+
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Readers per status, and active readers per category."""
+        with self.engine.connect() as conn:
+            by_status = dict(conn.execute(sa.select(readers.c.status, sa.func.count())
+                                          .group_by(readers.c.status)).all())
+            by_category = dict(conn.execute(
+                sa.select(reader_categories.c.category, sa.func.count())
+                .join(readers, readers.c.id == reader_categories.c.reader_id)
+                .where(readers.c.status == Status.ACTIVE.value)
+                .group_by(reader_categories.c.category)).all())
+        return ({s.value: by_status.get(s.value, 0) for s in Status},
+                {slug: by_category.get(slug, 0) for slug in self.categories})
+
+    def export_csv(self, out: IO[str], status: Status | None = None, category: str | None = None) -> int:
+        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        count = 0
+        for reader in self.iter_readers(status, category):
+            writer.writerow(reader.as_row())
+            count += 1
+        return count
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _conn(self, conn: Connection | None):
+        return _Borrowed(conn) if conn is not None else self.engine.connect()
+
+    def _begin(self, conn: Connection | None):
+        return _Borrowed(conn) if conn is not None else self.engine.begin()
+
+    @staticmethod
+    def _event(conn: Connection, reader_id: int | None, kind: str, **detail) -> None:
+        conn.execute(sa.insert(events).values(
+            reader_id=reader_id, kind=kind, at=utcnow(),
+            detail=json.dumps({k: v for k, v in detail.items() if v is not None}) if detail else None))
+
+
+class _Borrowed:
+    """A connection the caller owns, used in a `with` without closing or committing it."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+
+    def __enter__(self) -> Connection:
+        return self.conn
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _reader(row, slugs) -> Reader:
+    return Reader(id=row["id"], email=row["email"], name=row["name"], status=Status(row["status"]),
+                  token=row["token"], categories=tuple(slugs), created_at=row["created_at"],
+                  status_changed_at=row["status_changed_at"], confirmed_at=row["confirmed_at"],
+                  unsubscribed_at=row["unsubscribed_at"], consent_at=row["consent_at"],
+                  consent_method=row["consent_method"], consent_ip=row["consent_ip"],
+                  consent_source=row["consent_source"])

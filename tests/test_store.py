@@ -1,0 +1,63 @@
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from newsletter.store import Base, create_engine, current_revision, head_revision, open_engine, upgrade
+from newsletter.subscribers import Consent, ConsentMethod, Status, Subscribers
+
+
+def test_first_use_creates_the_schema(db_url):
+    engine = open_engine(db_url)
+    assert current_revision(engine) == head_revision()
+    assert {"readers", "categories", "reader_categories", "suppressions", "events"} <= set(
+        sa.inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_models_match_the_migrations(db_url):
+    engine = open_engine(db_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+    engine.dispose()
+
+
+def test_upgrade_from_the_first_schema_keeps_every_row(db_url, session_settings):
+    engine = create_engine(db_url)
+    upgrade(engine, "0001")
+    now = "2025-01-02 03:04:05+00:00"
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO categories (slug, name) VALUES ('ai-tech', 'AI Tech')"))
+        for i in range(50):
+            conn.execute(sa.text(
+                "INSERT INTO readers (email, name, status, token, created_at, status_changed_at, "
+                "confirmed_at, consent_at, consent_method, consent_ip) VALUES (:email, :name, "
+                ":status, :token, :now, :now, :now, :now, 'form', '198.51.100.1')"),
+                {"email": f"old{i}@example.com", "name": f"Old {i}",
+                 "status": "unsubscribed" if i == 7 else "active", "token": f"token-{i:040d}", "now": now})
+        conn.execute(sa.text("INSERT INTO reader_categories (reader_id, category) "
+                             "SELECT id, 'ai-tech' FROM readers"))
+    engine.dispose()
+
+    subs = Subscribers.open(db_url, session_settings.categories)  # migrates on first use
+    assert current_revision(subs.engine) == head_revision()
+    readers = list(subs.iter_readers())
+    assert len(readers) == 50
+    old = subs.get("old7@example.com")
+    assert old.status == Status.UNSUBSCRIBED and old.categories == ("ai-tech",)
+    assert old.token == f"token-{7:040d}" and old.consent_ip == "198.51.100.1"
+    assert old.consent_at.year == 2025 and old.consent_source is None
+    subs.add("new@example.com", consent=Consent(ConsentMethod.CLI, source="test"))  # the new column works
+    assert subs.get("new@example.com").consent_source == "test"
+    subs.close()
+
+
+def test_bad_database_url_is_one_line(tmp_path):
+    import pytest
+
+    from newsletter.errors import StoreError
+
+    with pytest.raises(StoreError, match="cannot open database"):
+        open_engine(f"sqlite:///{tmp_path}/no/such/dir/x.db")
+    with pytest.raises(StoreError, match="cannot use database URL"):
+        open_engine("nosuchdb://x")
