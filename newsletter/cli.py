@@ -15,7 +15,7 @@ from . import preview as preview_mod
 from .config import Settings, load_settings
 from .digest import load_digest
 from .errors import DigestError, ExitCode, NewsletterError
-from .render import Renderer
+from .subscribers import Subscribers
 
 _debug = False
 
@@ -29,6 +29,10 @@ class App:
     @cached_property
     def settings(self) -> Settings:
         return load_settings(self.config)
+
+    @cached_property
+    def subscribers(self) -> Subscribers:
+        return Subscribers.open(self.settings.database_url, self.settings.categories)
 
 
 pass_app = click.make_pass_decorator(App)
@@ -161,3 +165,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     sys.exit(main())
+
+
+from . import cli_subscribers  # noqa: E402,F401  (registers `subscribers` and `db`)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import os
 import re
-import tempfile
 import threading
 import webbrowser
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from pathlib import Path
 from .config import Settings
 from .digest import load_digest
 from .errors import DigestError, NewsletterError
+from .files import write_atomic
 from .render import Email, Renderer, personalize, preview_links
 
 
@@ -52,18 +51,6 @@ def write_preview(settings: Settings, file: Path, categories: list[str] | None, 
     write_atomic(out, content)
     return PreviewResult(out, len(content.encode()), len(email.variant.notes),
                          len(email.variant.stories), variant, warnings)
-
-
-def write_atomic(path: Path, content: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- live preview -------------------------------------------------------------------------------

@@ -48,6 +48,19 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 STOPPED = frozenset({Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED})
 
 
+def transition(old: Status, new: Status, now: dt.datetime) -> dict:
+    """The column values for moving a reader from `old` to `new`; the one place that says whether
+    a status change is possible (raises SubscriberError if not)."""
+    if new not in TRANSITIONS[old]:
+        raise SubscriberError(f"is {old.value} and cannot become {new.value}")
+    values = {"status": new.value, "status_changed_at": now}
+    if new == Status.ACTIVE:
+        values["confirmed_at"] = now
+    if new == Status.UNSUBSCRIBED:
+        values["unsubscribed_at"] = now
+    return values
+
+
 class ConsentMethod(str, enum.Enum):
     FORM = "form"
     IMPORT = "import"
@@ -223,7 +236,7 @@ class Subscribers:
             if slugs:
                 conn.execute(sa.insert(reader_categories),
                              [{"reader_id": reader_id, "category": s} for s in slugs])
-            self._event(conn, reader_id, "added", status=status.value, method=consent.method.value)
+            log_event(conn, reader_id, "added", status=status.value, method=consent.method.value)
             return self.require(address, conn)
 
     def change_status(self, email: str, new: Status, *, reason: str | None = None,
@@ -233,17 +246,12 @@ class Subscribers:
             reader = self.require(email, c)
             if reader.status == new:
                 return reader
-            if new not in TRANSITIONS[reader.status]:
-                raise SubscriberError(f"{reader.email} is {reader.status.value} and cannot become "
-                                      f"{new.value}")
-            now = utcnow()
-            values = {"status": new.value, "status_changed_at": now}
-            if new == Status.ACTIVE:
-                values["confirmed_at"] = now
-            if new == Status.UNSUBSCRIBED:
-                values["unsubscribed_at"] = now
+            try:
+                values = transition(reader.status, new, utcnow())
+            except SubscriberError as e:
+                raise SubscriberError(f"{reader.email} {e}") from None
             c.execute(sa.update(readers).where(readers.c.id == reader.id).values(**values))
-            self._event(c, reader.id, "status", old=reader.status.value, new=new.value, reason=reason)
+            log_event(c, reader.id, "status", old=reader.status.value, new=new.value, reason=reason)
             return self.require(reader.email, c)
 
     def set_categories(self, email: str, slugs: Iterable[str]) -> Reader:
@@ -254,7 +262,7 @@ class Subscribers:
             if slugs:
                 conn.execute(sa.insert(reader_categories),
                              [{"reader_id": reader.id, "category": s} for s in slugs])
-            self._event(conn, reader.id, "categories", old=list(reader.categories), new=list(slugs))
+            log_event(conn, reader.id, "categories", old=list(reader.categories), new=list(slugs))
             return self.require(reader.email, conn)
 
     def rotate_token(self, email: str) -> Reader:
@@ -262,7 +270,7 @@ class Subscribers:
         with self.engine.begin() as conn:
             reader = self.require(email, conn)
             conn.execute(sa.update(readers).where(readers.c.id == reader.id).values(token=new_token()))
-            self._event(conn, reader.id, "token_rotated")
+            log_event(conn, reader.id, "token_rotated")
             return self.require(reader.email, conn)
 
     def by_token(self, token: str) -> Reader | None:
@@ -283,7 +291,7 @@ class Subscribers:
             conn.execute(sa.delete(readers).where(readers.c.id == reader.id))
             conn.execute(sa.insert(suppressions).values(email_hash=email_hash(address),
                                                         reason="forgotten", created_at=utcnow()))
-            self._event(conn, None, "forgotten")
+            log_event(conn, None, "forgotten")
 
     # -- many readers ----------------------------------------------------------------------------
 
@@ -345,11 +353,13 @@ class Subscribers:
     def _begin(self, conn: Connection | None):
         return _Borrowed(conn) if conn is not None else self.engine.begin()
 
-    @staticmethod
-    def _event(conn: Connection, reader_id: int | None, kind: str, **detail) -> None:
-        conn.execute(sa.insert(events).values(
-            reader_id=reader_id, kind=kind, at=utcnow(),
-            detail=json.dumps({k: v for k, v in detail.items() if v is not None}) if detail else None))
+
+
+def log_event(conn: Connection, reader_id: int | None, kind: str, **detail) -> None:
+    """Record what happened to a reader (or, with no reader, to the list) in the events table."""
+    conn.execute(sa.insert(events).values(
+        reader_id=reader_id, kind=kind, at=utcnow(),
+        detail=json.dumps({k: v for k, v in detail.items() if v is not None}) if detail else None))
 
 
 class _Borrowed:

@@ -1,0 +1,187 @@
+"""`newsletter subscribers ...` and `newsletter db ...`: readers and their database."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .cli import App, cli, pass_app, shown_path
+from .imports import FORMATS, import_csv
+from .files import atomic_writer
+from .store import current_revision, head_revision, open_engine
+from .subscribers import EXPORT_COLUMNS, Consent, ConsentMethod, Status
+
+STATUS = click.Choice([s.value for s in Status])
+
+
+def split_slugs(value: str | None) -> list[str]:
+    return [s.strip() for s in (value or "").split(",") if s.strip()]
+
+
+@cli.group()
+def subscribers() -> None:
+    """Readers: add, list, import, export, forget."""
+
+
+@subscribers.command()
+@click.argument("email")
+@click.option("--name", help="The reader's name.")
+@click.option("--categories", metavar="a,b", help="Categories of interest (slugs).")
+@pass_app
+def add(app: App, email: str, name: str | None, categories: str | None) -> None:
+    """Add EMAIL as an active reader (consent recorded as given through the CLI)."""
+    reader = app.subscribers.add(email, name=name, categories=split_slugs(categories),
+                                 consent=Consent(ConsentMethod.CLI))
+    click.echo(f"added {reader.email} ({reader.status.value}; "
+               f"{', '.join(reader.categories) or 'no categories: gets every story'})")
+
+
+@subscribers.command()
+@click.argument("email")
+@pass_app
+def remove(app: App, email: str) -> None:
+    """Unsubscribe EMAIL. The reader is kept (as unsubscribed) so no import brings them back."""
+    reader = app.subscribers.change_status(email, Status.UNSUBSCRIBED, reason="removed with the CLI")
+    click.echo(f"unsubscribed {reader.email}")
+
+
+@subscribers.command()
+@click.argument("email")
+@click.option("--token", is_flag=True, help="Also show the secret token of the reader's links.")
+@pass_app
+def show(app: App, email: str, token: bool) -> None:
+    """Show everything stored about EMAIL."""
+    reader = app.subscribers.require(email)
+    for key, value in reader.as_row().items():
+        click.echo(f"{key + ':':<17}{value}")
+    if token:
+        click.echo(f"{'token:':<17}{reader.token}")
+
+
+@subscribers.command(name="list")
+@click.option("--status", type=STATUS, help="Only readers with this status.")
+@click.option("--category", help="Only readers of this category (slug).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@pass_app
+def list_(app: App, status: str | None, category: str | None, fmt: str) -> None:
+    """List readers, streaming: works the same for ten readers or a million."""
+    rows = app.subscribers.iter_readers(Status(status) if status else None, category)
+    out = click.get_text_stream("stdout")
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(reader.as_row() for reader in rows)
+    elif fmt == "json":
+        out.write("[")
+        for n, reader in enumerate(rows):
+            out.write(("," if n else "") + "\n  " + json.dumps(reader.as_row(), ensure_ascii=False))
+        out.write("\n]\n")
+    else:
+        out.write(f"{'EMAIL':<40} {'NAME':<24} {'STATUS':<13} CATEGORIES\n")
+        for reader in rows:
+            out.write(f"{reader.email:<40} {(reader.name or '')[:24]:<24} {reader.status.value:<13} "
+                      f"{','.join(reader.categories)}\n")
+
+
+@subscribers.command()
+@pass_app
+def count(app: App) -> None:
+    """Count readers per status, and active readers per category."""
+    by_status, by_category = app.subscribers.counts()
+    table = Table("status", "readers", box=None)
+    for status, n in by_status.items():
+        table.add_row(status, str(n))
+    table.add_row("total", str(sum(by_status.values())), style="bold")
+    categories = Table("category", "active readers", box=None)
+    for slug, n in by_category.items():
+        categories.add_row(f"{app.settings.category(slug).name} ({slug})", str(n))
+    console = Console()
+    console.print(table)
+    console.print()
+    console.print(categories)
+
+
+@subscribers.command(name="set-categories")
+@click.argument("email")
+@click.argument("categories")
+@pass_app
+def set_categories(app: App, email: str, categories: str) -> None:
+    """Set the categories of EMAIL to CATEGORIES (a,b; an empty string: every story)."""
+    reader = app.subscribers.set_categories(email, split_slugs(categories))
+    click.echo(f"{reader.email}: {', '.join(reader.categories) or 'no categories: gets every story'}")
+
+
+@subscribers.command()
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def forget(app: App, email: str, yes: bool) -> None:
+    """Erase EMAIL and its data (GDPR); a one-way hash keeps it from being added again."""
+    reader = app.subscribers.require(email)
+    if not yes:
+        click.confirm(f"Erase {reader.email} and everything stored about them?", abort=True)
+    app.subscribers.forget(reader.email)
+    click.echo(f"forgot {reader.email}")
+
+
+@subscribers.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--status", type=STATUS, help="Only readers with this status.")
+@click.option("--category", help="Only readers of this category (slug).")
+@pass_app
+def export(app: App, file: Path, status: str | None, category: str | None) -> None:
+    """Export readers to FILE as CSV (written whole or not at all)."""
+    with atomic_writer(file) as out:
+        n = app.subscribers.export_csv(out, Status(status) if status else None, category)
+    click.echo(f"exported {n} readers to {shown_path(file)}")
+
+
+@subscribers.command(name="import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["auto", *FORMATS]), default="auto", show_default=True,
+              help="The file's origin; auto recognizes it from the header.")
+@click.option("--email-column", help="The column holding the address (any CSV).")
+@click.option("--map-tag", "map_tags", multiple=True, metavar="'TAG=slug'",
+              help="Map a tag, group or interest of the file to a category; repeatable.")
+@click.option("--categories", metavar="a,b", help="Add these categories to every imported reader.")
+@click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
+@pass_app
+def import_(app: App, file: Path, fmt: str, email_column: str | None, map_tags: tuple[str, ...],
+            categories: str | None, dry_run: bool) -> None:
+    """Import readers from FILE: Mailchimp, Substack, Buttondown exports or any CSV with emails."""
+    mapping = {}
+    for item in map_tags:
+        tag, sep, slug = item.rpartition("=")
+        if not sep or not tag.strip():
+            raise click.BadParameter(f"{item!r} is not TAG=slug", param_hint="'--map-tag'")
+        mapping[tag.strip()] = slug.strip()
+    with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("import", total=None)
+        summary = import_csv(app.subscribers, file, fmt=None if fmt == "auto" else fmt,
+                             email_column=email_column, map_tags=mapping,
+                             categories=split_slugs(categories), dry_run=dry_run,
+                             progress=lambda done, total: bar.update(task, completed=done, total=total))
+    for line in summary.report_lines():
+        click.echo(line)
+
+
+@cli.group()
+def db() -> None:
+    """The subscriber database."""
+
+
+@db.command(name="upgrade")
+@pass_app
+def db_upgrade(app: App) -> None:
+    """Apply the schema migrations (also done automatically on first use)."""
+    engine = open_engine(app.settings.database_url)
+    click.echo(f"database at revision {current_revision(engine)} (newest: {head_revision()})")

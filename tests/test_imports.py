@@ -1,0 +1,154 @@
+"""Importing readers from the exports of other tools, on SQLite and PostgreSQL."""
+
+import io
+from pathlib import Path
+
+import pytest
+
+from newsletter.errors import SubscriberError
+from newsletter.imports import import_csv
+from newsletter.subscribers import Consent, ConsentMethod, Status
+
+DATA = Path(__file__).parent / "data"
+
+
+def snapshot(subs) -> str:
+    out = io.StringIO()
+    subs.export_csv(out)
+    return out.getvalue()
+
+
+def test_mailchimp_audience_export(subs):
+    summary = import_csv(subs, DATA / "mailchimp_subscribed.csv")
+    assert summary.format == "Mailchimp audience export"
+    assert summary.added == {"active": 8}
+    assert summary.invalid == [
+        (6, "invalid email address 'not-an-email': An email address must have an @-sign."),
+        (7, "empty email address")]
+    assert summary.skipped == {"the same address is on an earlier line": 1}  # BEN.OKAFOR@ after ben.okafor@
+    alice = subs.get("alice.moreau@example.com")
+    assert alice.name == "Alice Moreau" and alice.status == Status.ACTIVE
+    assert alice.categories == ("ai-research", "ai-tech", "essays")  # TAGS and the Topics group
+    assert alice.consent_method == "import" and alice.consent_ip == "203.0.113.17"
+    assert alice.consent_at.isoformat() == "2022-03-14T09:14:02+00:00"
+    assert alice.consent_source == "mailchimp:mailchimp_subscribed.csv"
+    assert subs.get("ana.lopez@example.com").name == "Ana López"
+    assert subs.get("José.Ramírez@exämple.org") is not None
+    assert summary.unmapped == {"Book Club": 2}
+
+
+def test_mailchimp_unsubscribed_export_stops_readers(subs):
+    subs.add("tom.becker@example.com", consent=Consent(ConsentMethod.CLI))
+    summary = import_csv(subs, DATA / "mailchimp_unsubscribed.csv")
+    assert summary.updated == 1 and summary.added == {"unsubscribed": 2}
+    assert subs.get("tom.becker@example.com").status == Status.UNSUBSCRIBED
+    assert subs.get("omar.haddad@example.org").status == Status.UNSUBSCRIBED
+
+
+def test_substack_export(subs):
+    summary = import_csv(subs, DATA / "substack.csv")
+    assert summary.format == "Substack subscriber export"
+    assert summary.added == {"active": 6, "unsubscribed": 4}
+    assert [line for line, _ in summary.invalid] == [8]
+    assert subs.get("olivia.grant@example.org").status == Status.UNSUBSCRIBED  # email_disabled
+    assert subs.get("yuki.tanaka@example.jp").status == Status.ACTIVE
+    assert subs.get("zoë.lindqvist@exämple.se") is not None
+
+
+def test_buttondown_export(subs):
+    summary = import_csv(subs, DATA / "buttondown.csv")
+    assert summary.format == "Buttondown subscriber export"
+    assert summary.added == {"active": 5, "pending": 2, "unsubscribed": 3}
+    assert summary.skipped == {"marked spammy by Buttondown": 1}
+    assert subs.get("amelia.stone@example.com").categories == ("ai-research", "essays")
+    assert subs.get("diego.alvarez@example.com").status == Status.ACTIVE
+
+
+def test_any_csv_with_an_email_column(subs):
+    summary = import_csv(subs, DATA / "generic.csv", map_tags={"Book Club": "essays"},
+                         categories=["ai-news"])
+    assert summary.format == "CSV" and summary.added == {"active": 8}
+    assert summary.invalid[0][0] == 7 and "example" in summary.invalid[0][1]
+    assert subs.get("john.doe@example.com").name == "Doe, John"
+    assert subs.get("luis.fernandez@example.es").categories == ("ai-news", "ai-tech", "essays")
+    assert subs.get("sofia.rossi@example.it").categories == ("ai-news", "essays")  # Book Club mapped
+    assert subs.get("meg.oneill@example.ie").categories == ("ai-news",)
+    assert summary.unmapped == {}
+
+
+def test_email_column_option(subs, tmp_path):
+    path = tmp_path / "people.csv"
+    path.write_text("who,contact\nAna,ana@example.com\nBo,bo@example.com\n")
+    with pytest.raises(SubscriberError, match="no email column found .*--email-column"):
+        import_csv(subs, path)
+    assert import_csv(subs, path, email_column="contact").added == {"active": 2}
+    assert subs.get("bo@example.com").status == Status.ACTIVE
+
+
+@pytest.mark.parametrize("name", ["mailchimp_subscribed", "mailchimp_unsubscribed", "substack",
+                                  "buttondown", "generic"])
+def test_importing_twice_changes_nothing(subs, name):
+    import_csv(subs, DATA / f"{name}.csv")
+    before = snapshot(subs)
+    again = import_csv(subs, DATA / f"{name}.csv")
+    assert sum(again.added.values()) == 0 and again.updated == 0
+    assert snapshot(subs) == before
+
+
+@pytest.mark.parametrize("stopped", [Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED])
+def test_import_never_reactivates(subs, stopped):
+    subs.add("alice.moreau@example.com", consent=Consent(ConsentMethod.FORM))
+    subs.change_status("alice.moreau@example.com", stopped)
+    summary = import_csv(subs, DATA / "mailchimp_subscribed.csv")
+    assert subs.get("alice.moreau@example.com").status == stopped
+    assert summary.skipped[f"{stopped.value} here: an import never makes them active again"] == 1
+
+
+def test_import_never_brings_back_a_forgotten_address(subs):
+    subs.add("alice.moreau@example.com", consent=Consent(ConsentMethod.FORM))
+    subs.forget("alice.moreau@example.com")
+    summary = import_csv(subs, DATA / "mailchimp_subscribed.csv")
+    assert subs.get("alice.moreau@example.com") is None
+    assert summary.skipped["forgotten at the reader's request"] == 1
+
+
+def test_import_confirms_pending_and_merges_categories(subs):
+    subs.add("ana.lopez@example.com", status=Status.PENDING, categories=["ai-news"],
+             consent=Consent(ConsentMethod.FORM))
+    summary = import_csv(subs, DATA / "mailchimp_subscribed.csv")
+    assert summary.updated == 1
+    ana = subs.get("ana.lopez@example.com")
+    assert ana.status == Status.ACTIVE and ana.categories == ("ai-news", "essays")
+    assert ana.name == "Ana López"
+
+
+def test_dry_run_changes_nothing(subs):
+    subs.add("tom.becker@example.com", consent=Consent(ConsentMethod.CLI))
+    before = snapshot(subs)
+    summary = import_csv(subs, DATA / "mailchimp_unsubscribed.csv", dry_run=True)
+    assert summary.added == {"unsubscribed": 2} and summary.updated == 1
+    assert snapshot(subs) == before
+    assert summary.report_lines()[-1] == "dry run: nothing was changed"
+    assert summary.report_lines()[1].startswith("would add 2")
+
+
+def test_bad_files_are_one_line_errors(subs, tmp_path):
+    with pytest.raises(SubscriberError, match="missing.csv: cannot read"):
+        import_csv(subs, tmp_path / "missing.csv")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(SubscriberError, match="the file is empty"):
+        import_csv(subs, empty)
+    with pytest.raises(SubscriberError, match="does not look like a Substack"):
+        import_csv(subs, DATA / "generic.csv", fmt="substack")
+    with pytest.raises(SubscriberError, match="unknown category 'sports'"):
+        import_csv(subs, DATA / "generic.csv", map_tags={"Essays": "sports"})
+
+
+def test_semicolon_separated_file_from_a_spreadsheet(subs, tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffE-Mail;Name;Status\r\nana@example.com;Ana;active\r\nbo@example.com;Bo;"
+                     "unsubscribed\r\ncy@example.com;Cy;weird\r\n".encode("utf-8"))
+    summary = import_csv(subs, path)
+    assert summary.added == {"active": 1, "unsubscribed": 1}
+    assert summary.skipped == {"unknown status 'weird'": 1}
