@@ -74,7 +74,7 @@ def show(app: App, email: str, token: bool) -> None:
 def list_(app: App, status: str | None, category: str | None, fmt: str) -> None:
     """List readers, streaming: works the same for ten readers or a million."""
     rows = app.subscribers.iter_readers(Status(status) if status else None, category)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     if fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
         writer.writeheader()

@@ -7,9 +7,9 @@ reported with its line and the rest still imported; `dry_run` changes nothing.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
-import io
 import json
 import re
 from collections import Counter
@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 import sqlalchemy as sa
 
 from .errors import SubscriberError
-from .store import reader_categories, readers, suppressions, utcnow
+from .store import insert_many, reader_categories, readers, suppressions, utcnow
 from .subscribers import (STOPPED, TRANSITIONS, Status, Subscribers, email_hash, log_event, new_token,
                           normalize_email, transition)
 
@@ -49,6 +49,10 @@ class Format:
 
     def matches(self, headers: set[str]) -> bool:
         raise NotImplementedError
+
+    def for_headers(self, headers: list[str]) -> "Format":
+        """This format set up for one file's columns."""
+        return self
 
     def read(self, record: dict[str, str], line: int) -> Row:
         raise NotImplementedError
@@ -98,8 +102,15 @@ class Mailchimp(Format):
                 "longitude", "gmtoff", "dstoff", "timezone", "cc", "region", "last_changed", "leid",
                 "euid", "notes", "tags", "company"}
 
+    def __init__(self, groups: tuple[str, ...] = ()):
+        self.groups = groups  # the file's group columns: "Group A, Group B" in each cell
+
     def matches(self, headers: set[str]) -> bool:
         return "email address" in headers and bool(headers & {"leid", "euid", "member_rating", "optin_time"})
+
+    def for_headers(self, headers: list[str]) -> "Mailchimp":
+        return Mailchimp(tuple(h for h in headers if h not in self.STANDARD
+                               and not h.startswith(("unsub_", "clean_"))))
 
     def read(self, record: dict[str, str], line: int) -> Row:
         status = Status.ACTIVE
@@ -108,8 +119,8 @@ class Mailchimp(Format):
         elif _get(record, "clean_time"):  # "cleaned": Mailchimp's hard bounces
             status = Status.BOUNCED
         tags = list(_split_tags(_get(record, "tags")))
-        for column, value in record.items():  # group columns: "Group A, Group B"
-            if column not in self.STANDARD and not column.startswith(("unsub_", "clean_")) and value:
+        for column in self.groups:
+            if value := record.get(column):
                 tags += [t.strip() for t in value.split(",") if t.strip()]
         name = " ".join(p for p in (_get(record, "first name"), _get(record, "last name")) if p)
         return Row(line, _get(record, "email address"), name or None, status, tuple(tags),
@@ -170,8 +181,7 @@ class Generic(Format):
             return self.email_column in headers
         return any(h in headers for h in self.EMAIL)
 
-    def for_headers(self, headers: set[str]) -> "Generic":
-        """This format with its email column resolved for a file."""
+    def for_headers(self, headers: list[str]) -> "Generic":
         return Generic(self.email_column or next(h for h in self.EMAIL if h in headers))
 
     def read(self, record: dict[str, str], line: int) -> Row:
@@ -198,25 +208,59 @@ class Source:
 
 
 def open_source(path: Path, fmt: str | None = None, email_column: str | None = None) -> Source:
-    """Recognize the file's format from its header and read its rows lazily."""
+    """Recognize the file's format from its header; its rows are read lazily, a line at a time."""
+    encoding, lines, head = _survey(path)
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise SubscriberError(f"{path}: cannot read: {e.strerror}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("cp1252", errors="replace")  # Excel's default on Windows
-    try:
-        dialect = csv.Sniffer().sniff(text[:65536], delimiters=",;\t")
+        dialect = csv.Sniffer().sniff(head, delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+    handle = path.open(encoding=encoding, errors="replace", newline="")
+    reader = csv.reader(handle, dialect)
     header = next(reader, None)
     if not header:
+        handle.close()
         raise SubscriberError(f"{path}: the file is empty")
     columns = [h.strip().lower() for h in header]
     headers = set(columns)
+    try:
+        chosen = _choose_format(path, header, headers, fmt, email_column).for_headers(columns)
+    except SubscriberError:
+        handle.close()
+        raise
+
+    def rows() -> Iterator[Row]:
+        with handle:
+            line = reader.line_num + 1
+            for values in reader:
+                if any(v.strip() for v in values):
+                    yield chosen.read(dict(zip(columns, values)), line)
+                line = reader.line_num + 1
+    return Source(chosen, rows(), max(lines - 1, 0))
+
+
+def _survey(path: Path) -> tuple[str, int, str]:
+    """One streaming pass: the encoding (UTF-8, else Excel's cp1252), the line count, the start."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    encoding, lines, head = "utf-8-sig", 0, b""
+    try:
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                if not head:
+                    head = block[:65536]
+                lines += block.count(b"\n")
+                if encoding == "utf-8-sig":
+                    try:
+                        decoder.decode(block)
+                    except UnicodeDecodeError:
+                        encoding = "cp1252"
+            lines += bool(block[-1:] not in (b"", b"\n")) if head else 0
+    except OSError as e:
+        raise SubscriberError(f"{path}: cannot read: {e.strerror}") from None
+    return encoding, lines, head.decode(encoding, errors="ignore")
+
+
+def _choose_format(path: Path, header: list[str], headers: set[str], fmt: str | None,
+                   email_column: str | None) -> Format:
     if email_column:
         chosen: Format = Generic(email_column)
         if not chosen.matches(headers):
@@ -227,21 +271,12 @@ def open_source(path: Path, fmt: str | None = None, email_column: str | None = N
             raise SubscriberError(f"{path}: does not look like a {chosen.title} "
                                   f"(columns: {', '.join(header)})")
     else:
-        chosen = next((f for f in FORMATS.values() if f.matches(headers)), None)
-        if chosen is None:
+        found = next((f for f in FORMATS.values() if f.matches(headers)), None)
+        if found is None:
             raise SubscriberError(f"{path}: no email column found (columns: {', '.join(header)}); "
                                   "name it with --email-column")
-    if isinstance(chosen, Generic):
-        chosen = chosen.for_headers(headers)
-    total = max(sum(1 for _ in csv.reader(io.StringIO(text, newline=""), dialect)) - 1, 0)
-
-    def rows() -> Iterator[Row]:
-        line = reader.line_num + 1
-        for values in reader:
-            if any(v.strip() for v in values):
-                yield chosen.read(dict(zip(columns, values)), line)
-            line = reader.line_num + 1
-    return Source(chosen, rows(), total)
+        chosen = found
+    return chosen
 
 
 # -- importing ----------------------------------------------------------------------------------
@@ -344,8 +379,9 @@ def _import_chunk(subs: Subscribers, rows: list[Row], seen: set[str], mapping: d
 
     with subs.engine.begin() as conn:
         addresses = [address for _, address, _ in wanted]
+        hashes = {address: email_hash(address) for address in addresses}
         forgotten = set(conn.execute(sa.select(suppressions.c.email_hash).where(
-            suppressions.c.email_hash.in_([email_hash(a) for a in addresses]))).scalars())
+            suppressions.c.email_hash.in_(hashes.values()))).scalars())
         existing = {r.email: r for r in conn.execute(
             sa.select(readers.c.id, readers.c.email, readers.c.name, readers.c.status)
             .where(readers.c.email.in_(addresses)))}
@@ -360,7 +396,7 @@ def _import_chunk(subs: Subscribers, rows: list[Row], seen: set[str], mapping: d
         new_rows, new_slugs, changes, links = [], [], [], []
         now = utcnow()
         for row, address, slugs in wanted:
-            if email_hash(address) in forgotten:
+            if hashes[address] in forgotten:
                 summary.skipped["forgotten at the reader's request"] += 1
                 continue
             found = existing.get(address)
@@ -397,12 +433,14 @@ def _import_chunk(subs: Subscribers, rows: list[Row], seen: set[str], mapping: d
         if summary.dry_run:
             return len(rows)
         if new_rows:
-            inserted = conn.execute(sa.insert(readers).returning(readers.c.id, sort_by_parameter_order=True),
-                                    new_rows).scalars().all()
-            links += [{"reader_id": rid, "category": s} for rid, slugs in zip(inserted, new_slugs)
+            # A plain executemany, then the ids by address: RETURNING with executemany runs one
+            # statement per row on SQLite.
+            insert_many(conn, readers, new_rows)
+            ids = dict(conn.execute(sa.select(readers.c.email, readers.c.id).where(
+                readers.c.email.in_([r["email"] for r in new_rows]))).all())
+            links += [{"reader_id": ids[r["email"]], "category": s} for r, slugs in zip(new_rows, new_slugs)
                       for s in slugs]
-        if links:
-            conn.execute(sa.insert(reader_categories), links)
+        insert_many(conn, reader_categories, links)
         for reader_id, old_status, change in changes:
             if change:
                 conn.execute(sa.update(readers).where(readers.c.id == reader_id).values(**change))

@@ -126,6 +126,35 @@ def create_engine(url: str) -> Engine:
     return engine
 
 
+def insert_many(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
+    """Bulk insert of many rows with the same keys, several times faster than `conn.execute(insert, rows)`.
+
+    SQLAlchemy builds and type-processes the parameters of every row on its own; here each
+    column's bind processor runs once per distinct value (timestamps repeat across an import)
+    and the driver gets plain tuples.
+    """
+    if not rows:
+        return
+    keys = list(rows[0])
+    compiled = sa.insert(table).compile(dialect=conn.dialect, column_keys=keys)
+    order = list(compiled.positiontup) if compiled.positional else keys
+    processors = [table.c[key].type._cached_bind_processor(conn.dialect) for key in order]
+    memos: list[dict] = [{} for _ in order]
+
+    def processed(index: int, raw):
+        memo = memos[index]
+        if raw not in memo:
+            memo[raw] = processors[index](raw)
+        return memo[raw]
+
+    plain = [processors[i] is None for i in range(len(order))]
+    params = [tuple(row[key] if plain[i] or row[key] is None else processed(i, row[key])
+                    for i, key in enumerate(order)) for row in rows]
+    if not compiled.positional:
+        params = [dict(zip(order, p)) for p in params]
+    conn.exec_driver_sql(str(compiled), params)
+
+
 def _safe_url(url: str) -> str:
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
