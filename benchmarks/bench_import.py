@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import csv
 import random
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from memory import peak_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 TAGS = ["AI Tech", "AI Research", "AI News", "Essays", "Book Club"]
@@ -50,7 +51,7 @@ def child(csv_path: str, db_url: str) -> None:
     opened = time.perf_counter()
     summary = import_csv(subs, Path(csv_path))
     done = time.perf_counter()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_mb()
     print(f"{done - opened:.2f}|{opened - start:.2f}|{peak:.0f}|{summary.report_lines()[1]}")
 
 
