@@ -24,7 +24,7 @@ from .store import insert_many, reader_categories, readers, suppressions, utcnow
 from .subscribers import (STOPPED, TRANSITIONS, Status, Subscribers, email_hash, log_event, new_token,
                           normalize_email, transition)
 
-CHUNK = 1000
+CHUNK = 5000
 
 
 @dataclass

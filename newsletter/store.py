@@ -138,18 +138,18 @@ def insert_many(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
     keys = list(rows[0])
     compiled = sa.insert(table).compile(dialect=conn.dialect, column_keys=keys)
     order = list(compiled.positiontup) if compiled.positional else keys
-    processors = [table.c[key].type._cached_bind_processor(conn.dialect) for key in order]
-    memos: list[dict] = [{} for _ in order]
-
-    def processed(index: int, raw):
-        memo = memos[index]
-        if raw not in memo:
-            memo[raw] = processors[index](raw)
-        return memo[raw]
-
-    plain = [processors[i] is None for i in range(len(order))]
-    params = [tuple(row[key] if plain[i] or row[key] is None else processed(i, row[key])
-                    for i, key in enumerate(order)) for row in rows]
+    columns = []
+    for key in order:  # column by column: one processor call per distinct value
+        values = [row[key] for row in rows]
+        process = table.c[key].type._cached_bind_processor(conn.dialect)
+        if process is not None:
+            memo = {None: None}
+            for raw in set(values):
+                if raw not in memo:
+                    memo[raw] = process(raw)
+            values = [memo[v] for v in values]
+        columns.append(values)
+    params = list(zip(*columns))
     if not compiled.positional:
         params = [dict(zip(order, p)) for p in params]
     conn.exec_driver_sql(str(compiled), params)
