@@ -119,6 +119,15 @@ def set_categories(app: App, email: str, categories: str) -> None:
     click.echo(f"{reader.email}: {', '.join(reader.categories) or 'no categories: gets every story'}")
 
 
+@subscribers.command(name="rotate-token")
+@click.argument("email")
+@pass_app
+def rotate_token(app: App, email: str) -> None:
+    """Give EMAIL a new secret token: links in emails already sent stop working."""
+    reader = app.subscribers.rotate_token(email)
+    click.echo(f"new token for {reader.email}")
+
+
 @subscribers.command()
 @click.argument("email")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")

@@ -37,6 +37,15 @@ def test_add_show_list_count(cli):
     assert [line.split()[-1] for line in counted.splitlines() if line.strip().startswith("total")] == ["2"]
 
 
+def test_rotate_token(cli):
+    cli("subscribers", "add", "ana@example.com")
+    before = cli("subscribers", "show", "ana@example.com", "--token").out
+    assert cli("subscribers", "rotate-token", "ana@example.com").out.strip() == "new token for ana@example.com"
+    after = cli("subscribers", "show", "ana@example.com", "--token").out
+    token = [line.split()[1] for line in after.splitlines() if line.startswith("token:")][0]
+    assert token not in before and len(token) >= 32
+
+
 def test_remove_set_categories_forget(cli):
     cli("subscribers", "add", "ana@example.com")
     assert cli("subscribers", "set-categories", "ana@example.com", "ai-news").out.strip() == \
