@@ -167,4 +167,4 @@ def run() -> None:
     sys.exit(main())
 
 
-from . import cli_subscribers  # noqa: E402,F401  (registers `subscribers` and `db`)
+from . import cli_send, cli_subscribers  # noqa: E402,F401  (register their commands)

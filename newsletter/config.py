@@ -38,6 +38,16 @@ class Settings:
     output_dir: Path = Path("out")
     templates_dir: Path | None = None  # None: the templates shipped with newsletter
     database_url: str = "sqlite:///subscribers.db"  # relative to the working directory
+    provider: str | None = None  # None: the outbox, and the CLI says so
+    outbox_dir: Path = Path("outbox")
+    send_rate: float = 2.0  # provider requests per second (Resend allows 2 to 5 per team)
+    batch_size: int = 100  # emails per provider request (Resend's batch limit is 100)
+    max_failures: int = 8  # consecutive failed requests before a run pauses
+    request_timeout: float = 30.0  # seconds
+    smtp_host: str = "localhost"
+    smtp_port: int = 587
+    smtp_security: str = "starttls"  # starttls | ssl | none
+    smtp_username: str | None = None  # the password only from $NEWSLETTER_SMTP_PASSWORD
     config_path: Path | None = field(default=None, compare=False)
 
     def category(self, slug: str) -> Category | None:
@@ -63,9 +73,19 @@ KEYS: dict[str, tuple[str, str]] = {
     "output_dir": ("NEWSLETTER_OUTPUT_DIR", "path"),
     "templates_dir": ("NEWSLETTER_TEMPLATES_DIR", "path"),
     "database_url": ("NEWSLETTER_DATABASE_URL", "database"),
+    "provider": ("NEWSLETTER_PROVIDER", "choice:outbox,resend,smtp"),
+    "outbox_dir": ("NEWSLETTER_OUTBOX_DIR", "path"),
+    "send_rate": ("NEWSLETTER_SEND_RATE", "number"),
+    "batch_size": ("NEWSLETTER_BATCH_SIZE", "count:1,100"),
+    "max_failures": ("NEWSLETTER_MAX_FAILURES", "count:1,1000"),
+    "request_timeout": ("NEWSLETTER_REQUEST_TIMEOUT", "number"),
+    "smtp_host": ("NEWSLETTER_SMTP_HOST", "text"),
+    "smtp_port": ("NEWSLETTER_SMTP_PORT", "count:1,65535"),
+    "smtp_security": ("NEWSLETTER_SMTP_SECURITY", "choice:starttls,ssl,none"),
+    "smtp_username": ("NEWSLETTER_SMTP_USERNAME", "text"),
 }
 REQUIRED = ("name", "sender", "base_url", "postal_address")
-PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out"}  # relative to newsletter.toml
+PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out", "outbox_dir": "outbox"}  # beside newsletter.toml
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +147,8 @@ def _parse(key: str, value: Any, source: Path | str, base_dir: Path) -> Any:
 
     if kind == "categories":
         return _parse_categories(value, bad)
+    if kind == "number" or kind.startswith("count:"):
+        return _parse_number(kind, value, bad)
     if not isinstance(value, str):
         raise bad(f"must be a string, got {type(value).__name__}")
     value = value.strip()
@@ -139,6 +161,11 @@ def _parse(key: str, value: Any, source: Path | str, base_dir: Path) -> Any:
             raise bad(f"must be an SQLAlchemy URL like sqlite:///subscribers.db or "
                       f"postgresql+psycopg://user@host/db, got {value!r}")
         return value
+    if kind.startswith("choice:"):
+        choices = kind.split(":", 1)[1].split(",")
+        if value not in choices:
+            raise bad(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
     if kind == "address":
         if "@" not in parseaddr(value)[1]:
             raise bad(f"must be an email address like 'Name <me@example.com>', got {value!r}")
@@ -146,6 +173,20 @@ def _parse(key: str, value: Any, source: Path | str, base_dir: Path) -> Any:
         path = Path(value).expanduser()
         return path if path.is_absolute() else base_dir / path
     return value
+
+
+def _parse_number(kind: str, value: Any, bad) -> float | int:
+    whole = kind.startswith("count:")
+    try:
+        number = (int(value) if whole else float(value)) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or (whole and isinstance(value, float)):
+        raise bad(f"must be a {'whole ' if whole else ''}number, got {value!r}")
+    low, high = (float(x) for x in kind.split(":", 1)[1].split(",")) if whole else (0.001, 1e9)
+    if not low <= number <= high:
+        raise bad(f"must be between {low:g} and {high:g}, got {value!r}")
+    return number
 
 
 def _parse_categories(value: Any, bad) -> tuple[Category, ...]:

@@ -6,9 +6,12 @@
     ├── RenderError                 templates or MJML failed (a bug or a broken custom template)
     ├── StoreError                  the database cannot be opened or migrated
     ├── SubscriberError             a reader or an import row cannot be stored
-    └── ProviderError               the email provider refused or failed
-        ├── RateLimited             wait and retry (.retry_after seconds)
-        └── Rejected                this message will never be accepted (.reason)
+    ├── ProviderError               the email provider refused or failed a whole request
+    │   ├── RateLimited             wait and retry (.retry_after seconds)
+    │   ├── Unavailable             5xx, timeout, refused connection: retry with backoff
+    │   ├── QuotaExceeded           a daily or monthly quota: waiting will not help, pause
+    │   └── Rejected                bad key, bad sender, ...: no retry can fix it, pause (.reason)
+    └── SendError                   a send run cannot start or go on (already sent, leased, ...)
 
 The CLI turns any of these into `error: <message>` and an exit code from `ExitCode`;
 nothing else reaches the user as a traceback.
@@ -88,7 +91,19 @@ class RateLimited(ProviderError):
         super().__init__(message)
 
 
+class Unavailable(ProviderError):
+    pass
+
+
+class QuotaExceeded(ProviderError):
+    pass
+
+
 class Rejected(ProviderError):
     def __init__(self, message: str, reason: str | None = None):
         self.reason = reason or message
         super().__init__(message)
+
+
+class SendError(NewsletterError):
+    pass

@@ -205,9 +205,23 @@ class _Inliner(Premailer):
         return list(rules), list(leftover)
 
 
+class Personal:
+    """A rendered variant (HTML or text) split at its reader placeholders once, so that each
+    reader's copy costs one join instead of a search through the whole email."""
+
+    def __init__(self, text: str):
+        self.parts = PLACEHOLDER_RE.split(text)  # literal, name, literal, name, ..., literal
+        self.names = self.parts[1::2]
+
+    def fill(self, values: dict[str, str]) -> str:
+        parts = self.parts.copy()
+        parts[1::2] = [values[name] for name in self.names]
+        return "".join(parts)
+
+
 def personalize(text: str, links: dict[str, str]) -> str:
     """Fill the reader's links into a rendered variant (HTML or text)."""
-    return PLACEHOLDER_RE.sub(lambda m: links[m.group(1)], text)
+    return Personal(text).fill(links)
 
 
 def preview_links(settings: Settings, digest: Digest) -> dict[str, str]:

@@ -97,11 +97,51 @@ class EventRow(Base):
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class SendRunRow(Base):
+    """One sending of one issue: its deliveries are a snapshot of who was due when it began."""
+
+    __tablename__ = "send_runs"
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    issue: Mapped[str] = mapped_column(sa.String(200), index=True)  # the digest's file name
+    digest_path: Mapped[str] = mapped_column(sa.String(1000))
+    digest_sha256: Mapped[str] = mapped_column(sa.String(64))  # resume only the same content
+    subject: Mapped[str] = mapped_column(sa.String(998))
+    provider: Mapped[str] = mapped_column(sa.String(16))
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(sa.Text)  # why it paused
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(200))  # the process sending it
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class DeliveryRow(Base):
+    """The ledger: one row per reader of a run, with what happened to their copy."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (sa.UniqueConstraint("run_id", "reader_id"),
+                      sa.Index("ix_deliveries_run_state", "run_id", "state", "id"))
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("send_runs.id", ondelete="CASCADE"))
+    reader_id: Mapped[int | None] = mapped_column(sa.ForeignKey("readers.id", ondelete="SET NULL"),
+                                                  index=True)
+    variant: Mapped[str] = mapped_column(sa.String(300))  # the categories the reader's copy has
+    state: Mapped[str] = mapped_column(sa.String(16))  # queued | sending | sent | failed | skipped
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    message_id: Mapped[str | None] = mapped_column(sa.String(200))
+    batch_key: Mapped[str | None] = mapped_column(sa.String(100), index=True)  # the idempotency key
+    attempts: Mapped[int] = mapped_column(sa.Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
 readers = ReaderRow.__table__
 categories = CategoryRow.__table__
 reader_categories = ReaderCategoryRow.__table__
 suppressions = SuppressionRow.__table__
 events = EventRow.__table__
+send_runs = SendRunRow.__table__
+deliveries = DeliveryRow.__table__
 
 
 def create_engine(url: str) -> Engine:

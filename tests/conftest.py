@@ -113,3 +113,17 @@ def subs(db_url, session_settings):
     store = Subscribers.open(db_url, session_settings.categories)
     yield store
     store.close()
+
+
+# -- sending -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_resend(monkeypatch):
+    """The fake Resend API on 127.0.0.1, with the real SDK pointed at it."""
+    from .fake_resend import FakeResend
+
+    server = FakeResend().start()
+    monkeypatch.setenv("RESEND_API_KEY", server.state.api_key)
+    monkeypatch.setenv("RESEND_API_URL", server.url)
+    yield server
+    server.stop()

@@ -1,0 +1,209 @@
+"""`newsletter send`, `newsletter runs`, `newsletter resume`."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .cli import App, cli, pass_app, plural
+from .digest import load_digest
+from .errors import ExitCode, SendError
+from .ledger import Ledger, Run, RunStatus
+from .providers import Message, make_provider
+from .render import Renderer, preview_links
+from .send import (Composer, Sender, categories_of, check_new_run, check_unchanged, open_run, plan,
+                   render_variants)
+
+
+def describe_variant(app: App, key: str) -> str:
+    slugs = categories_of(key)
+    if slugs is None:
+        return "every story (readers with no categories)"
+    names = [app.settings.category(s).name if app.settings.category(s) else s for s in slugs]
+    return ", ".join(names) or "stories for everyone only"
+
+
+def provider_for(app: App):
+    if app.settings.provider is None:
+        click.echo(f"no provider configured: writing .eml files to {app.settings.outbox_dir} "
+                   "(set provider in newsletter.toml to send for real)", err=True)
+    return make_provider(app.settings)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Render every variant and count readers; send nothing.")
+@click.option("--test", "test_to", multiple=True, metavar="EMAIL",
+              help="Send one copy of each variant to EMAIL only, outside the ledger; repeatable.")
+@click.option("--again", is_flag=True, help="Send an issue that was already sent, to everyone, again.")
+@pass_app
+def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...], again: bool) -> None:
+    """Send digest FILE to every active reader whose categories it covers."""
+    settings = app.settings
+    digest = load_digest(file, settings)
+    for warning in digest.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    renderer = Renderer(settings)
+    ledger = Ledger(app.subscribers.engine)
+    if not test_to and not dry_run:
+        check_new_run(ledger, digest, again=again)
+    due = plan(digest, app.subscribers)
+    show_plan(app, digest.title, due, settings.provider or "outbox")
+    if test_to:
+        send_tests(app, digest, renderer, sorted(due.per_variant) or ["all"], test_to)
+        return
+    if dry_run:
+        for key, variant in render_variants(renderer, digest, due.per_variant).items():
+            click.echo(f"rendered {key}: {variant.size / 1024:.1f} KB")
+        click.echo("dry run: nothing was sent")
+        return
+    if not due.recipients:
+        raise SendError("no active reader is due for this issue (see `newsletter subscribers count`)")
+    if not yes:
+        click.confirm(f"Send \"{digest.title}\" to {plural(len(due.recipients), 'reader')}?", abort=True)
+    provider = provider_for(app)
+    run, _ = open_run(ledger, digest, app.subscribers, provider.name, again=again)
+    click.echo(f"run {run.id} started")
+    deliver(app, ledger, provider, run, digest, renderer)
+
+
+def show_plan(app: App, subject: str, due, provider: str) -> None:
+    table = Table("variant", "readers", box=None)
+    for key, count in due.per_variant.items():
+        table.add_row(describe_variant(app, key), str(count))
+    table.add_row("total", str(len(due.recipients)), style="bold")
+    console = Console(stderr=False)
+    console.print(f"subject:  {subject}\nprovider: {provider}")
+    console.print(table)
+    if due.not_due:
+        console.print(f"{plural(due.not_due, 'active reader')} chose only categories this issue has no "
+                      "story for: not sent")
+
+
+def send_tests(app: App, digest, renderer: Renderer, keys: list[str], addresses: tuple[str, ...]) -> None:
+    from .subscribers import normalize_email
+
+    provider = provider_for(app)
+    variants = render_variants(renderer, digest, keys)
+    links = preview_links(app.settings, digest)
+    composer = Composer(app.settings, digest, variants)
+    batch_id = uuid.uuid4().hex[:12]
+    messages = []
+    for address in (normalize_email(a) for a in addresses):
+        for key, variant in variants.items():
+            messages.append(Message(
+                key=f"test-{batch_id}-{len(messages)}", to=address, sender=app.settings.sender,
+                reply_to=app.settings.reply_to, subject=f"[test: {key}] {digest.title}",
+                html=variant.html.fill(links), text=variant.text.fill(links),
+                headers={"List-Unsubscribe": f"<{links['unsubscribe_url']}>",
+                         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "List-Id": composer.list_id},
+                tags={"issue": digest.slug, "variant": key, "test": "yes"}))
+    for start in range(0, len(messages), app.settings.batch_size):
+        chunk = messages[start:start + app.settings.batch_size]
+        result = provider.send(chunk, f"test-{batch_id}-{start}")
+        for message, outcome in zip(chunk, result.outcomes):
+            state = "sent" if outcome.ok else f"failed: {outcome.error}"
+            click.echo(f"test copy {message.tags['variant']} to {message.to}: {state}")
+
+
+def deliver(app: App, ledger: Ledger, provider, run: Run, digest, renderer: Renderer) -> None:
+    """Send a run with a progress bar; Ctrl-C pauses after the batch in flight."""
+    settings = app.settings
+    variants = render_variants(renderer, digest, ledger.variants(run.id))
+    sender = Sender(ledger, provider, Composer(settings, digest, variants), rate=settings.send_rate,
+                    batch_size=settings.batch_size, max_failures=settings.max_failures)
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        sender.stop()
+        click.echo("\npausing after the batch in flight (Ctrl-C again to stop at once)", err=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    started = time.monotonic()
+    columns = [TextColumn("sending"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}"), TimeRemainingColumn()]
+    try:
+        with Progress(*columns, console=Console(stderr=True), disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task("send", total=None, detail="")
+
+            def on_progress(p):
+                rate = p.sent / max(time.monotonic() - p.started, 1e-6)
+                bar.update(task, total=p.total, completed=p.done,
+                           detail=f"sent {p.sent} failed {p.failed} skipped {p.skipped} {rate:,.0f}/s")
+            run = sender.send(run, on_progress)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        provider.close()
+    report(ledger, run, time.monotonic() - started)
+
+
+def report(ledger: Ledger, run: Run, seconds: float) -> None:
+    counts = ledger.counts(run.id)
+    click.echo(f"run {run.id}: sent {counts['sent']}, failed {counts['failed']}, skipped {counts['skipped']}, "
+               f"queued {counts['queued'] + counts['sending']} ({seconds:.1f} s)")
+    if counts["failed"]:
+        click.echo(f"failed deliveries: `newsletter runs {run.id}` lists them")
+    if run.status == RunStatus.PAUSED:
+        click.secho(f"paused: {run.reason}. Resume with `newsletter resume {run.id}`", fg="yellow", err=True)
+        raise SystemExit(ExitCode.INTERRUPTED if run.reason == "paused by the user" else ExitCode.ERROR)
+    if run.status == RunStatus.FINISHED:
+        click.echo(f"run {run.id} finished")
+
+
+@cli.command()
+@click.argument("run_id", type=int)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def resume(app: App, run_id: int, yes: bool) -> None:
+    """Go on with send run RUN_ID after a pause, a crash or a provider failure."""
+    ledger = Ledger(app.subscribers.engine)
+    run = ledger.run(run_id)
+    if run.status == RunStatus.FINISHED:
+        raise SendError(f"run {run.id} is finished; to send {run.issue} again use `newsletter send --again`")
+    digest = load_digest(run.digest_path, app.settings)
+    check_unchanged(run, digest)
+    counts = ledger.counts(run.id)
+    left = counts["queued"] + counts["sending"]
+    if not yes:
+        click.confirm(f"Resume run {run.id} ({run.issue}): {plural(left, 'reader')} left?", abort=True)
+    provider = provider_for(app)
+    if provider.name != run.provider:
+        raise SendError(f"run {run.id} was started with {run.provider}; the settings now say "
+                        f"{provider.name}")
+    deliver(app, ledger, provider, run, digest, Renderer(app.settings))
+
+
+@cli.command()
+@click.argument("run_id", type=int, required=False)
+@pass_app
+def runs(app: App, run_id: int | None) -> None:
+    """List send runs with their counts, or show RUN_ID with its failed deliveries."""
+    ledger = Ledger(app.subscribers.engine)
+    if run_id is None:
+        table = Table("run", "issue", "status", "sent", "failed", "skipped", "queued", "started", box=None)
+        for run in ledger.runs():
+            c = ledger.counts(run.id)
+            table.add_row(str(run.id), run.issue, run.status.value, str(c["sent"]), str(c["failed"]),
+                          str(c["skipped"]), str(c["queued"] + c["sending"]), f"{run.created_at:%Y-%m-%d %H:%M}")
+        Console(width=200).print(table)
+        return
+    run = ledger.run(run_id)
+    c = ledger.counts(run.id)
+    click.echo(f"run {run.id}: {run.issue} via {run.provider}, {run.status.value}"
+               f"{f' ({run.reason})' if run.reason else ''}")
+    click.echo(f"sent {c['sent']}, failed {c['failed']}, skipped {c['skipped']}, "
+               f"queued {c['queued'] + c['sending']}")
+    for email, state, reason in ledger.problems(run.id):
+        click.echo(f"{state}: {email or '(erased reader)'}: {reason}")

@@ -1,0 +1,289 @@
+"""Send runs and the delivery ledger in the database: the store side of the send engine.
+
+A delivery moves queued → sending (claimed in a batch, committed before the provider is called)
+→ sent | failed | skipped, or back to queued for a temporary refusal. A batch found `sending`
+after a crash is sent again as it was, under the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from typing import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .errors import SendError
+from .store import deliveries, insert_many, readers, send_runs, utcnow
+from .subscribers import Status
+
+MAX_ATTEMPTS = 3  # temporary refusals of one message before it counts as failed
+KEY_LIFETIME = dt.timedelta(hours=23)  # Resend keeps idempotency keys for 24 hours
+
+
+class RunStatus(str, enum.Enum):
+    SENDING = "sending"  # being sent, or stopped by a crash: resume it
+    PAUSED = "paused"  # stopped on purpose or by the provider: resume it
+    FINISHED = "finished"
+
+
+class State(str, enum.Enum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass
+class Run:
+    id: int
+    issue: str
+    digest_path: str
+    digest_sha256: str
+    subject: str
+    provider: str
+    status: RunStatus
+    reason: str | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+@dataclass
+class Recipient:
+    delivery_id: int
+    email: str
+    name: str | None
+    token: str
+    variant: str
+
+
+@dataclass
+class Batch:
+    key: str  # the idempotency key: the run and the deliveries, so a retry is the same request
+    recipients: list[Recipient]
+    resumed: bool = False  # found in flight after a stop
+    skipped: int = 0  # deliveries skipped while claiming it (readers who left)
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Ledger:
+    """The SQLAlchemy implementation of the store the send engine depends on."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.owner = _owner()
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def create_run(self, *, issue: str, digest_path: str, digest_sha256: str, subject: str,
+                   provider: str, recipients: Iterable[tuple[int, str]]) -> Run:
+        """A run and one queued delivery per (reader id, variant), in one transaction."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            run_id = conn.execute(sa.insert(send_runs).values(
+                issue=issue, digest_path=digest_path, digest_sha256=digest_sha256, subject=subject,
+                provider=provider, status=RunStatus.SENDING.value, created_at=now,
+                updated_at=now)).inserted_primary_key[0]
+            chunk: list[dict] = []
+            for reader_id, variant in recipients:
+                chunk.append({"run_id": run_id, "reader_id": reader_id, "variant": variant,
+                              "state": State.QUEUED.value, "attempts": 0, "updated_at": now})
+                if len(chunk) == 5000:
+                    insert_many(conn, deliveries, chunk)
+                    chunk = []
+            insert_many(conn, deliveries, chunk)
+        return self.run(run_id)
+
+    def run(self, run_id: int) -> Run:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(send_runs).where(send_runs.c.id == run_id)).mappings().first()
+        if row is None:
+            raise SendError(f"there is no send run {run_id} (see `newsletter runs`)")
+        return _run(row)
+
+    def runs(self, issue: str | None = None) -> list[Run]:
+        query = sa.select(send_runs).order_by(send_runs.c.id)
+        if issue is not None:
+            query = query.where(send_runs.c.issue == issue)
+        with self.engine.connect() as conn:
+            return [_run(r) for r in conn.execute(query).mappings()]
+
+    def set_status(self, run_id: int, status: RunStatus, reason: str | None = None) -> None:
+        now = utcnow()
+        values = {"status": status.value, "reason": reason, "updated_at": now}
+        if status == RunStatus.FINISHED:
+            values["finished_at"] = now
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(send_runs).where(send_runs.c.id == run_id).values(**values))
+
+    def acquire(self, run_id: int, seconds: float) -> None:
+        """Take (or renew) the lease on a run: only one process sends a run at a time."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            taken = conn.execute(sa.update(send_runs).where(
+                send_runs.c.id == run_id,
+                sa.or_(send_runs.c.lease_owner.is_(None), send_runs.c.lease_owner == self.owner,
+                       send_runs.c.lease_until < now)).values(
+                lease_owner=self.owner, lease_until=now + dt.timedelta(seconds=seconds))).rowcount
+            if not taken:
+                owner, until = conn.execute(sa.select(send_runs.c.lease_owner, send_runs.c.lease_until)
+                                            .where(send_runs.c.id == run_id)).one()
+                if _dead_here(owner):  # a process of this machine that crashed: take over
+                    conn.execute(sa.update(send_runs).where(send_runs.c.id == run_id).values(
+                        lease_owner=self.owner, lease_until=now + dt.timedelta(seconds=seconds)))
+                    return
+                raise SendError(f"run {run_id} is being sent by {owner} (lease until "
+                                f"{until:%H:%M:%S} UTC); wait for it or stop it there")
+
+    def release(self, run_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(send_runs).where(send_runs.c.id == run_id,
+                                                    send_runs.c.lease_owner == self.owner)
+                         .values(lease_owner=None, lease_until=None))
+
+    def counts(self, run_id: int) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            found = dict(conn.execute(sa.select(deliveries.c.state, sa.func.count())
+                                      .where(deliveries.c.run_id == run_id)
+                                      .group_by(deliveries.c.state)).all())
+        return {s.value: found.get(s.value, 0) for s in State}
+
+    def variants(self, run_id: int) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(deliveries.c.variant).where(deliveries.c.run_id == run_id)
+                                     .distinct().order_by(deliveries.c.variant)).scalars())
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    def in_flight(self, run_id: int) -> list[Batch]:
+        """Batches claimed before a stop and never answered. Those older than an idempotency key
+        lives are marked failed: sending them again could deliver twice."""
+        now = utcnow()
+        batches: dict[str, Batch] = {}
+        stale: list[int] = []
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(deliveries.c.id, deliveries.c.batch_key, deliveries.c.variant,
+                          deliveries.c.updated_at, readers.c.email, readers.c.name, readers.c.token)
+                .select_from(deliveries.outerjoin(readers, readers.c.id == deliveries.c.reader_id))
+                .where(deliveries.c.run_id == run_id, deliveries.c.state == State.SENDING.value)
+                .order_by(deliveries.c.id)).all()
+            for row in rows:
+                if row.updated_at < now - KEY_LIFETIME or row.email is None:
+                    stale.append(row.id)
+                    continue
+                batch = batches.setdefault(row.batch_key, Batch(row.batch_key, [], resumed=True))
+                batch.recipients.append(Recipient(row.id, row.email, row.name, row.token, row.variant))
+            if stale:
+                conn.execute(sa.update(deliveries).where(deliveries.c.id.in_(stale)).values(
+                    state=State.FAILED.value, updated_at=now,
+                    reason="in flight when the run stopped over 23 hours ago: it may or may not have "
+                           "been delivered; check the provider's log"))
+        return list(batches.values())
+
+    def claim(self, run_id: int, size: int) -> Batch | None:
+        """The next queued deliveries whose readers are still active, marked `sending` and
+        committed before anything is sent. Readers who left meanwhile are skipped."""
+        skipped_total = 0
+        while True:
+            now = utcnow()
+            with self.engine.begin() as conn:
+                rows = conn.execute(
+                    sa.select(deliveries.c.id, deliveries.c.variant, readers.c.email, readers.c.name,
+                              readers.c.token, readers.c.status)
+                    .select_from(deliveries.outerjoin(readers, readers.c.id == deliveries.c.reader_id))
+                    .where(deliveries.c.run_id == run_id, deliveries.c.state == State.QUEUED.value)
+                    .order_by(deliveries.c.id).limit(size)).all()
+                if not rows:
+                    return Batch("", [], skipped=skipped_total) if skipped_total else None
+                skipped = [{"i": r.id, "reason": "the reader was erased" if r.status is None else
+                            f"the reader is {r.status}"} for r in rows if r.status != Status.ACTIVE.value]
+                if skipped:
+                    conn.execute(sa.update(deliveries).where(deliveries.c.id == sa.bindparam("i")).values(
+                        state=State.SKIPPED.value, reason=sa.bindparam("reason"), updated_at=now), skipped)
+                skipped_total += len(skipped)
+                active = [r for r in rows if r.status == Status.ACTIVE.value]
+                if not active:
+                    continue
+                ids = [r.id for r in active]
+                key = f"nl-{run_id}-{hashlib.sha256(','.join(map(str, ids)).encode()).hexdigest()[:24]}"
+                conn.execute(sa.update(deliveries).where(deliveries.c.id.in_(ids)).values(
+                    state=State.SENDING.value, batch_key=key, updated_at=now))
+                return Batch(key, [Recipient(r.id, r.email, r.name, r.token, r.variant) for r in active],
+                             skipped=skipped_total)
+
+    def record(self, batch: Batch, outcomes: list) -> tuple[int, int]:
+        """What the provider said, per message: (sent, failed). A temporary refusal goes back to
+        the queue, and fails after MAX_ATTEMPTS."""
+        now = utcnow()
+        sent, failed, again = [], [], []
+        for recipient, outcome in zip(batch.recipients, outcomes, strict=True):
+            if outcome.ok:
+                sent.append({"i": recipient.delivery_id, "m": outcome.message_id})
+            elif outcome.retry:
+                again.append({"i": recipient.delivery_id, "r": outcome.error})
+            else:
+                failed.append({"i": recipient.delivery_id, "r": outcome.error})
+        with self.engine.begin() as conn:
+            where = deliveries.c.id == sa.bindparam("i")
+            if sent:
+                conn.execute(sa.update(deliveries).where(where).values(
+                    state=State.SENT.value, message_id=sa.bindparam("m"), reason=None, updated_at=now), sent)
+            if failed:
+                conn.execute(sa.update(deliveries).where(where).values(
+                    state=State.FAILED.value, reason=sa.bindparam("r"), updated_at=now), failed)
+            if again:
+                conn.execute(sa.update(deliveries).where(where).values(
+                    attempts=deliveries.c.attempts + 1, reason=sa.bindparam("r"), updated_at=now,
+                    state=sa.case((deliveries.c.attempts + 1 >= MAX_ATTEMPTS, State.FAILED.value),
+                                  else_=State.QUEUED.value)), again)
+                failed_now = conn.execute(sa.select(sa.func.count()).where(
+                    deliveries.c.id.in_([a["i"] for a in again]),
+                    deliveries.c.state == State.FAILED.value)).scalar()
+                return len(sent), len(failed) + failed_now
+        return len(sent), len(failed)
+
+    def problems(self, run_id: int, limit: int = 1000) -> list[tuple[str | None, str, str | None]]:
+        """(email, state, reason) of the deliveries that failed or were skipped."""
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(
+                sa.select(readers.c.email, deliveries.c.state, deliveries.c.reason)
+                .select_from(deliveries.outerjoin(readers, readers.c.id == deliveries.c.reader_id))
+                .where(deliveries.c.run_id == run_id,
+                       deliveries.c.state.in_([State.FAILED.value, State.SKIPPED.value]))
+                .order_by(deliveries.c.id).limit(limit))]
+
+    def unfinished(self, run_id: int) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(deliveries.c.id).where(
+                deliveries.c.run_id == run_id,
+                deliveries.c.state.in_([State.QUEUED.value, State.SENDING.value])).limit(1)).first() is not None
+
+
+def _dead_here(owner: str | None) -> bool:
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _run(row) -> Run:
+    return Run(id=row["id"], issue=row["issue"], digest_path=row["digest_path"],
+               digest_sha256=row["digest_sha256"], subject=row["subject"], provider=row["provider"],
+               status=RunStatus(row["status"]), reason=row["reason"], created_at=row["created_at"],
+               finished_at=row["finished_at"])

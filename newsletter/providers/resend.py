@@ -1,0 +1,96 @@
+"""Resend through its official SDK: the batch endpoint, idempotency keys, permissive validation.
+
+The SDK keeps its key and base URL in module globals; this is the one place that sets them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import resend
+from resend.exceptions import ResendError
+from resend.http_client_requests import RequestsClient
+
+from ..errors import ProviderError, QuotaExceeded, RateLimited, Rejected, Unavailable
+from . import BatchResult, Message, Outcome
+
+QUOTAS = {"daily_quota_exceeded", "monthly_quota_exceeded"}
+TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class ResendProvider:
+    name = "resend"
+    idempotent = True  # the same idempotency key within 24 h is delivered once
+
+    def __init__(self, api_key: str, *, timeout: float = 30.0, api_url: str | None = None):
+        resend.api_key = api_key
+        if api_url:  # the SDK reads $RESEND_API_URL only when first imported
+            resend.api_url = api_url.rstrip("/")
+        resend.default_http_client = RequestsClient(timeout=int(max(1, timeout)))
+
+    def send(self, messages: list[Message], idempotency_key: str) -> BatchResult:
+        params = [_params(m) for m in messages]
+        try:
+            response = resend.Batch.send(params, {"idempotency_key": idempotency_key,
+                                                  "batch_validation": "permissive"})
+        except ResendError as e:
+            raise _translate(e) from None
+        errors = {int(e["index"]): e.get("message", "rejected") for e in response.get("errors") or []}
+        created = iter(response.get("data") or [])
+        outcomes = []
+        for index in range(len(messages)):
+            if index in errors:
+                outcomes.append(Outcome(False, error=errors[index]))
+            else:
+                item = next(created, None)
+                outcomes.append(Outcome(True, message_id=item["id"]) if item else
+                                Outcome(False, error="Resend returned no id for this email", retry=True))
+        return BatchResult(outcomes, wait=_wait_hint(response.get("http_headers") or {}))
+
+    def close(self) -> None:
+        pass
+
+
+def _params(message: Message) -> dict:
+    params = {"from": message.sender, "to": [message.to], "subject": message.subject,
+              "html": message.html, "text": message.text, "headers": message.headers,
+              "tags": [{"name": TAG_UNSAFE.sub("_", k), "value": TAG_UNSAFE.sub("_", v)[:256]}
+                       for k, v in message.tags.items()]}
+    if message.reply_to:
+        params["reply_to"] = message.reply_to
+    return params
+
+
+def _header(headers: dict, name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name), None)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _wait_hint(headers: dict) -> float:
+    """Resend's ratelimit-* headers: when nothing remains in this window, wait for its reset."""
+    remaining = _seconds(_header(headers, "ratelimit-remaining"))
+    if remaining is not None and remaining < 1:
+        return _seconds(_header(headers, "ratelimit-reset")) or 1.0
+    return 0.0
+
+
+def _translate(e: ResendError) -> ProviderError:
+    code = int(e.code) if str(e.code).isdigit() else 500
+    kind = e.error_type or ""
+    detail = f"Resend: {e.message} ({kind}, HTTP {code})"
+    if code == 429 and kind in QUOTAS:
+        return QuotaExceeded(detail)
+    if code == 429:
+        wait = _seconds(_header(e.headers, "retry-after")) or _seconds(_header(e.headers, "ratelimit-reset"))
+        return RateLimited(detail, retry_after=wait)
+    if code == 409 and kind == "concurrent_idempotent_requests":
+        return RateLimited(detail, retry_after=1.0)
+    if code >= 500 or kind == "HttpClientError":
+        return Unavailable(detail)
+    return Rejected(detail, reason=kind)

@@ -1,0 +1,299 @@
+"""The send engine: every due reader gets the issue exactly once, whatever the provider does.
+
+It depends on two small interfaces: a ledger (`ledger.Ledger`) and a provider (`providers`).
+Each distinct set of categories is rendered once; each reader's copy is that rendering with
+their own links filled in. A reader's delivery is marked sent only after the provider accepted
+it, and a batch is committed as `sending` before the provider sees it, so after a crash at any
+point the batch goes out again under the same idempotency key and is delivered once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .config import Settings
+from .digest import Digest
+from .errors import ProviderError, QuotaExceeded, RateLimited, Rejected, SendError, Unavailable
+from .ledger import Batch, Ledger, Recipient, Run, RunStatus
+from .providers import Message, Provider
+from .render import Personal, Renderer
+from .subscribers import Status, Subscribers
+
+ALL = "all"  # the variant of readers with no categories: every story
+LEASE_SECONDS = 300.0
+
+
+# -- who gets which variant ----------------------------------------------------------------------
+
+def digest_categories(digest: Digest) -> tuple[set[str], bool]:
+    """The categories the digest's stories carry, and whether some story is for everyone."""
+    stories = [s for s in digest.stories if s.kind == "story"]
+    return {c for s in stories for c in (s.categories or ())}, any(s.categories is None for s in stories)
+
+
+def variant_for(categories: Iterable[str], digest_cats: set[str], open_story: bool) -> str | None:
+    """The variant key of a reader with these categories, or None if no story is for them."""
+    chosen = set(categories)
+    if not chosen:
+        return ALL
+    kept = chosen & digest_cats
+    if not kept and not open_story:
+        return None
+    return "+".join(sorted(kept)) if kept else "none"
+
+
+def categories_of(variant: str) -> list[str] | None:
+    if variant == ALL:
+        return None
+    return [] if variant == "none" else variant.split("+")
+
+
+@dataclass
+class Plan:
+    """Who is due, per variant, before anything is created."""
+
+    recipients: list[tuple[int, str]]  # (reader id, variant)
+    per_variant: dict[str, int]
+    not_due: int  # active readers none of whose categories is in this issue
+
+
+def plan(digest: Digest, subscribers: Subscribers) -> Plan:
+    digest_cats, open_story = digest_categories(digest)
+    recipients, per_variant, not_due = [], {}, 0
+    for reader in subscribers.iter_readers(Status.ACTIVE):
+        variant = variant_for(reader.categories, digest_cats, open_story)
+        if variant is None:
+            not_due += 1
+            continue
+        recipients.append((reader.id, variant))
+        per_variant[variant] = per_variant.get(variant, 0) + 1
+    return Plan(recipients, dict(sorted(per_variant.items())), not_due)
+
+
+# -- rendering once per variant -----------------------------------------------------------------
+
+@dataclass
+class Variant:
+    key: str
+    html: Personal
+    text: Personal
+    size: int
+
+
+def render_variants(renderer: Renderer, digest: Digest, keys: Iterable[str]) -> dict[str, Variant]:
+    variants = {}
+    for key in keys:
+        email = renderer.render(digest, categories_of(key))
+        variants[key] = Variant(key, Personal(email.html), Personal(email.text), email.size)
+    return variants
+
+
+def digest_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+class Composer:
+    """A reader's message: their variant with their links, and the list headers (RFC 8058)."""
+
+    def __init__(self, settings: Settings, digest: Digest, variants: dict[str, Variant]):
+        self.settings, self.digest, self.variants = settings, digest, variants
+        host = re.sub(r"^https?://", "", settings.base_url).split("/")[0].split(":")[0]
+        slug = re.sub(r"[^a-z0-9]+", "-", settings.name.lower()).strip("-") or "newsletter"
+        self.list_id = f"{settings.name} <{slug}.{host}>"
+        self.tag_issue = digest.slug
+
+    def links(self, token: str) -> dict[str, str]:
+        base = self.settings.base_url
+        return {"unsubscribe_url": f"{base}/u/{token}", "preferences_url": f"{base}/p/{token}",
+                "browser_url": f"{base}/issues/{self.digest.slug}?r={token}"}
+
+    def message(self, key: str, recipient: Recipient) -> Message:
+        variant = self.variants[recipient.variant]
+        links = self.links(recipient.token)
+        return Message(
+            key=key, to=recipient.email, sender=self.settings.sender, reply_to=self.settings.reply_to,
+            subject=self.digest.title, html=variant.html.fill(links), text=variant.text.fill(links),
+            headers={"List-Unsubscribe": f"<{links['unsubscribe_url']}>",
+                     "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "List-Id": self.list_id},
+            tags={"issue": self.tag_issue, "variant": recipient.variant})
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+def check_new_run(ledger: Ledger, digest: Digest, *, again: bool = False) -> None:
+    """Refuse to send an issue twice by accident, or to start over while a run of it is unfinished."""
+    earlier = ledger.runs(digest.slug)
+    unfinished = [r for r in earlier if r.status != RunStatus.FINISHED]
+    if unfinished:
+        r = unfinished[-1]
+        why = f" ({r.reason})" if r.reason else ""
+        raise SendError(f"run {r.id} of {digest.slug} is {r.status.value}{why}; "
+                        f"resume it with `newsletter resume {r.id}`")
+    if earlier and not again:
+        r = earlier[-1]
+        raise SendError(f"{digest.slug} was already sent (run {r.id}, finished "
+                        f"{r.finished_at:%Y-%m-%d %H:%M} UTC); send it again with --again")
+
+
+def open_run(ledger: Ledger, digest: Digest, subscribers: Subscribers, provider: str, *,
+             again: bool = False) -> tuple[Run, Plan]:
+    """A new run of `digest` with a snapshot of who is due (see `check_new_run`)."""
+    check_new_run(ledger, digest, again=again)
+    due = plan(digest, subscribers)
+    if not due.recipients:
+        raise SendError("no active reader is due for this issue (see `newsletter subscribers count`)")
+    run = ledger.create_run(issue=digest.slug, digest_path=str(digest.path),
+                            digest_sha256=digest_sha256(digest.path), subject=digest.title,
+                            provider=provider, recipients=due.recipients)
+    return run, due
+
+
+def check_unchanged(run: Run, digest: Digest) -> None:
+    """A run resumes only with the digest it started with: every reader gets the same issue,
+    and a batch sent again must be the same request."""
+    if digest_sha256(digest.path) != run.digest_sha256:
+        raise SendError(f"{digest.path} changed since run {run.id} started; restore that version "
+                        "to resume (its readers must get what the others got)")
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    total: int
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    requests: int = 0
+    retries: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        return self.sent + self.failed + self.skipped
+
+
+@dataclass
+class Throttle:
+    """At most `rate` requests per second, and no sooner than the provider asked."""
+
+    rate: float
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    next_at: float = 0.0
+
+    def wait(self, stop: threading.Event | None = None) -> None:
+        delay = self.next_at - self.clock()
+        if delay > 0:
+            if stop is not None:
+                stop.wait(delay)
+            else:
+                self.sleep(delay)
+        self.next_at = max(self.clock(), self.next_at) + 1.0 / self.rate
+
+    def defer(self, seconds: float) -> None:
+        self.next_at = max(self.next_at, self.clock() + seconds)
+
+
+class Sender:
+    """Sends a run's batches through a provider, recording every answer in the ledger."""
+
+    def __init__(self, ledger: Ledger, provider: Provider, composer: Composer, *, rate: float,
+                 batch_size: int = 100, max_failures: int = 8, base_delay: float = 0.5,
+                 max_delay: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 jitter: Callable[[], float] = random.random):
+        self.ledger, self.provider, self.composer = ledger, provider, composer
+        self.batch_size, self.max_failures = batch_size, max_failures
+        self.base_delay, self.max_delay, self.jitter = base_delay, max_delay, jitter
+        self.throttle = Throttle(rate, clock=clock)
+        self.stopping = threading.Event()
+        self.failures = 0
+
+    def stop(self) -> None:
+        """Pause after the batch in flight (what Ctrl-C does)."""
+        self.stopping.set()
+
+    def send(self, run: Run, on_progress: Callable[[Progress], None] | None = None) -> Run:
+        """Send every remaining delivery of `run`; return the run as it stands at the end."""
+        if run.status == RunStatus.FINISHED:
+            raise SendError(f"run {run.id} is finished; send the issue again with --again")
+        self.ledger.acquire(run.id, LEASE_SECONDS)
+        counts = self.ledger.counts(run.id)
+        progress = Progress(total=sum(counts.values()), sent=counts["sent"], failed=counts["failed"],
+                            skipped=counts["skipped"])
+        try:
+            self.ledger.set_status(run.id, RunStatus.SENDING)
+            reason = self._loop(run, progress, on_progress)
+            if reason is not None:
+                self.ledger.set_status(run.id, RunStatus.PAUSED, reason)
+            elif not self.ledger.unfinished(run.id):
+                self.ledger.set_status(run.id, RunStatus.FINISHED)
+        finally:
+            self.ledger.release(run.id)
+        return self.ledger.run(run.id)
+
+    def _loop(self, run: Run, progress: Progress, on_progress) -> str | None:
+        pending = self.ledger.in_flight(run.id)  # first what a stop left in flight
+        while True:
+            if self.stopping.is_set():
+                return "paused by the user"
+            batch = pending.pop(0) if pending else self.ledger.claim(run.id, self.batch_size)
+            if batch is None:
+                return None
+            self.ledger.acquire(run.id, LEASE_SECONDS)
+            progress.skipped += batch.skipped
+            if not batch.recipients:
+                continue
+            messages = [self.composer.message(f"r{run.id}-{r.delivery_id}", r) for r in batch.recipients]
+            reason = self._deliver(batch, messages, progress)
+            if reason is not None:
+                return reason
+            if on_progress:
+                on_progress(progress)
+
+    def _deliver(self, batch: Batch, messages: list[Message], progress: Progress) -> str | None:
+        """Send one batch until the provider answers; the reason to pause if it will not."""
+        rate_limited = 0
+        while True:
+            self.throttle.wait(self.stopping)
+            if self.stopping.is_set() and (self.failures or rate_limited):
+                # Stopped while waiting to retry: the batch stays in flight and goes out on resume.
+                return "paused by the user"
+            progress.requests += 1
+            try:
+                result = self.provider.send(messages, batch.key)
+            except RateLimited as e:
+                rate_limited += 1
+                progress.retries += 1
+                if rate_limited > self.max_failures * 10:
+                    return f"the provider kept refusing for rate limits: {e}"
+                self.throttle.defer(e.retry_after if e.retry_after is not None else 1.0)
+                continue
+            except QuotaExceeded as e:
+                return f"quota exceeded, waiting will not help: {e}"
+            except Rejected as e:
+                return f"the provider refused the request: {e}"
+            except (Unavailable, ProviderError) as e:
+                self.failures += 1
+                progress.retries += 1
+                if self.failures >= self.max_failures:
+                    return f"{self.failures} failed requests in a row, last: {e}"
+                delay = min(self.max_delay, self.base_delay * 2 ** (self.failures - 1))
+                self.throttle.defer(delay * (0.5 + self.jitter() / 2))  # jitter: never in lockstep
+                continue
+            self.failures = 0
+            sent, failed = self.ledger.record(batch, result.outcomes)
+            progress.sent += sent
+            progress.failed += failed
+            if result.wait:
+                self.throttle.defer(result.wait)
+            return None

@@ -1,0 +1,320 @@
+"""A fake Resend API on 127.0.0.1 for the tests and benchmarks: real HTTP, Resend's shapes.
+
+`POST /emails` and `POST /emails/batch` (at most 100, `x-batch-validation: strict|permissive`),
+idempotency keys (same key and body: the same answer and no second delivery; same key and another
+body: 409), a rate limit answering 429 with `retry-after` and `ratelimit-*` headers, and switches
+to inject 5xx answers, slow answers (client timeouts) and refused connections.
+
+Run it alone: python tests/fake_resend.py --port 8787 [--rate 5]  (GET /_stats for counts)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+QUOTA_NAMES = {"daily": "daily_quota_exceeded", "monthly": "monthly_quota_exceeded"}
+
+
+@dataclass
+class Delivery:
+    id: str
+    to: str
+    subject: str
+    html: str | None
+    text: str | None
+    headers: dict
+    tags: list
+    key: str | None
+
+
+@dataclass
+class Switches:
+    fail_ratio: float = 0.0  # answer 500 without doing anything
+    fail_after_ratio: float = 0.0  # do the work, then answer 500 anyway
+    fail_next: int = 0  # the next N requests answer 500
+    delay: float = 0.0  # seconds before answering (longer than the client's timeout: a timeout)
+    delay_next: int = 0  # only the next N requests are delayed (0: all, while delay is set)
+    quota: str | None = None  # "daily" or "monthly": every request answers 429 with that name
+    storm_next: int = 0  # the next N requests answer 429 whatever the rate
+    crash_after_processing: bool = False  # do the work, then drop the connection unanswered
+    reject: set[str] = field(default_factory=set)  # addresses validation refuses
+
+
+@dataclass
+class State:
+    api_key: str = "re_test_key"
+    rate: float | None = None  # requests per second; None: unlimited
+    keep_bodies: bool = True  # False for benchmarks: count deliveries, keep no content
+    switches: Switches = field(default_factory=Switches)
+    deliveries: list[Delivery] = field(default_factory=list)
+    per_address: Counter = field(default_factory=Counter)
+    idempotency: dict[str, tuple[str, int, dict]] = field(default_factory=dict)
+    in_progress: set[str] = field(default_factory=set)
+    requests: Counter = field(default_factory=Counter)  # by status code
+    window_start: float = 0.0
+    window_count: int = 0
+    rng: random.Random = field(default_factory=lambda: random.Random(1234))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class FakeResend:
+    """The server; `start()` runs it in a thread. `refuse()`/`accept()` close and reopen its port."""
+
+    def __init__(self, port: int = 0, *, rate: float | None = None, keep_bodies: bool = True):
+        self.state = State(rate=rate, keep_bodies=keep_bodies)
+        self.port = port
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def switches(self) -> Switches:
+        return self.state.switches
+
+    def start(self) -> "FakeResend":
+        state = self.state
+        handler = type("Handler", (_Handler,), {"state": state})
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def refuse(self) -> None:
+        """Close the port: connections are refused until `accept()`."""
+        self.stop()
+
+    def accept(self) -> None:
+        self.start()
+
+    def addresses(self) -> Counter:
+        return Counter(self.state.per_address)
+
+    def for_address(self, address: str) -> list[Delivery]:
+        return [d for d in self.state.deliveries if d.to == address]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: State
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/_stats":
+            with self.state.lock:
+                stats = {"deliveries": sum(self.state.per_address.values()),
+                         "addresses": len(self.state.per_address),
+                         "duplicates": sum(n - 1 for n in self.state.per_address.values() if n > 1),
+                         "requests": dict(self.state.requests)}
+            return self._answer(200, stats)
+        self._answer(404, _error(404, "not_found", "Not found"))
+
+    def do_POST(self) -> None:  # noqa: N802
+        state, switches = self.state, self.state.switches
+        self._rate_headers = {}
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if self.headers.get("Authorization") != f"Bearer {state.api_key}":
+            return self._answer(401 if not self.headers.get("Authorization") else 403,
+                                _error(403, "invalid_api_key", "API key is invalid"))
+        key = self.headers.get("Idempotency-Key")
+        with state.lock:
+            if switches.quota:
+                return self._answer(429, _error(429, QUOTA_NAMES[switches.quota],
+                                                f"You have reached your {switches.quota} email sending quota."))
+            if switches.storm_next > 0:
+                switches.storm_next -= 1
+                return self._answer(429, _error(429, "rate_limit_exceeded", "Too many requests."),
+                                    {"retry-after": "1"})
+            limited = self._rate_limited()
+            if limited:
+                return self._answer(429, _error(429, "rate_limit_exceeded",
+                                                "Too many requests. You can only make N requests per second."),
+                                    limited)
+            fail = switches.fail_next > 0 or state.rng.random() < switches.fail_ratio
+            switches.fail_next = max(0, switches.fail_next - 1)
+            fail_after = state.rng.random() < switches.fail_after_ratio
+            delay = switches.delay
+            if switches.delay_next > 0:
+                switches.delay_next -= 1
+                if switches.delay_next == 0:
+                    switches.delay = 0.0
+            if key is not None and key in state.in_progress:
+                return self._answer(409, _error(409, "concurrent_idempotent_requests",
+                                                "Same idempotency key used while the original request is "
+                                                "still in progress."))
+            if key is not None:
+                state.in_progress.add(key)
+        try:
+            if fail:
+                return self._answer(500, _error(500, "internal_server_error", "An unexpected error occurred."))
+            if delay:
+                time.sleep(delay)  # a client with a shorter timeout gives up; the work still happens
+            status, body = self._process(raw, key)
+        finally:
+            with state.lock:
+                state.in_progress.discard(key)
+        if switches.crash_after_processing:
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return None
+        if fail_after:
+            return self._answer(500, _error(500, "internal_server_error", "An unexpected error occurred."))
+        self._answer(status, body)
+
+    def _rate_limited(self) -> dict | None:
+        state = self.state
+        if not state.rate:
+            return None
+        now = time.monotonic()
+        if now - state.window_start >= 1.0:
+            state.window_start, state.window_count = now, 0
+        limit = max(1, int(state.rate))
+        reset = max(0.0, 1.0 - (now - state.window_start))
+        if state.window_count >= limit:
+            return {"retry-after": f"{reset:.3f}", "ratelimit-limit": str(limit), "ratelimit-remaining": "0",
+                    "ratelimit-reset": f"{reset:.3f}"}
+        state.window_count += 1
+        self._rate_headers = {"ratelimit-limit": str(limit),
+                              "ratelimit-remaining": str(limit - state.window_count),
+                              "ratelimit-reset": f"{reset:.3f}"}
+        return None
+
+    def _process(self, raw: bytes, key: str | None) -> tuple[int, dict]:
+        state = self.state
+        digest = hashlib.sha256(raw).hexdigest()
+        if key is not None:
+            if not 1 <= len(key) <= 256:
+                return 400, _error(400, "invalid_idempotency_key", "The key must be between 1-256 chars.")
+            with state.lock:
+                if key in state.idempotency:
+                    seen_digest, status, body = state.idempotency[key]
+                    if seen_digest != digest:
+                        return 409, _error(409, "invalid_idempotent_request",
+                                           "Same idempotency key used with a different request payload.")
+                    return status, body
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            return 422, _error(422, "validation_error", "Invalid JSON body.")
+        if self.path == "/emails/batch":
+            status, body = self._batch(payload, key)
+        elif self.path == "/emails":
+            status, body = self._single(payload, key)
+        else:
+            return 404, _error(404, "not_found", "Not found")
+        if key is not None and status < 500:
+            with state.lock:
+                state.idempotency[key] = (digest, status, body)
+        return status, body
+
+    def _batch(self, payload, key) -> tuple[int, dict]:
+        if not isinstance(payload, list) or not payload:
+            return 422, _error(422, "validation_error", "The request body must be a non-empty array.")
+        if len(payload) > 100:
+            return 422, _error(422, "validation_error", "Too many emails: the limit is 100 per batch.")
+        permissive = self.headers.get("x-batch-validation") == "permissive"
+        problems = [(i, _invalid(email, self.state.switches.reject)) for i, email in enumerate(payload)]
+        errors = [{"index": i, "message": p} for i, p in problems if p]
+        if errors and not permissive:
+            return 422, _error(422, "validation_error", errors[0]["message"])
+        data = [{"id": self._deliver(email, key)} for (i, p), email in zip(problems, payload) if not p]
+        return 200, ({"data": data, "errors": errors} if permissive else {"data": data})
+
+    def _single(self, payload, key) -> tuple[int, dict]:
+        problem = _invalid(payload, self.state.switches.reject) if isinstance(payload, dict) \
+            else "The request body must be an object."
+        if problem:
+            return 422, _error(422, "validation_error", problem)
+        return 200, {"id": self._deliver(payload, key)}
+
+    def _deliver(self, email: dict, key: str | None) -> str:
+        state = self.state
+        delivery_id = str(uuid.uuid4())
+        to = email["to"] if isinstance(email["to"], str) else email["to"][0]
+        with state.lock:
+            state.per_address[to] += 1
+            if state.keep_bodies:
+                state.deliveries.append(Delivery(delivery_id, to, email.get("subject", ""), email.get("html"),
+                                                 email.get("text"), email.get("headers") or {},
+                                                 email.get("tags") or [], key))
+        return delivery_id
+
+    def _answer(self, status: int, body: dict, headers: dict | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.state.requests[status] += 1
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in {**getattr(self, "_rate_headers", {}), **(headers or {})}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _error(status: int, name: str, message: str) -> dict:
+    return {"statusCode": status, "name": name, "message": message}
+
+
+def _invalid(email, reject: set[str]) -> str | None:
+    """Resend's validation, the parts that matter here."""
+    if not isinstance(email, dict):
+        return "Each email must be an object."
+    for required in ("from", "to", "subject"):
+        if not email.get(required):
+            return f"The `{required}` field is missing."
+    recipients = [email["to"]] if isinstance(email["to"], str) else email["to"]
+    if not isinstance(recipients, list) or not 1 <= len(recipients) <= 50:
+        return "The `to` field must hold 1 to 50 addresses."
+    for address in recipients:
+        if not EMAIL_RE.match(str(address)) or address in reject:
+            return f"Invalid `to` field. The email address needs to follow the `email@example.com` format."
+    if not email.get("html") and not email.get("text"):
+        return "Either `html` or `text` must be provided."
+    for tag in email.get("tags") or []:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", str(tag.get("name", ""))) or \
+                not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", str(tag.get("value", ""))):
+            return "Tags may only contain ASCII letters, numbers, underscores, or dashes."
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A fake Resend API on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=8787)
+    parser.add_argument("--rate", type=float, default=None, help="requests per second (default: no limit)")
+    parser.add_argument("--keep-bodies", action="store_true", help="keep every email's content")
+    args = parser.parse_args()
+    server = FakeResend(args.port, rate=args.rate, keep_bodies=args.keep_bodies).start()
+    print(f"fake Resend on {server.url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""The send engine against the fake Resend server, through the real resend SDK."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from newsletter.digest import load_digest
+from newsletter.errors import SendError
+from newsletter.ledger import Ledger, RunStatus
+from newsletter.providers import make_provider
+from newsletter.render import Renderer
+from newsletter.send import Composer, Sender, check_unchanged, open_run, render_variants
+from newsletter.subscribers import Consent, ConsentMethod, Status
+
+from .conftest import EXAMPLE
+
+CATEGORY_SETS = [(), ("ai-tech",), ("ai-research",), ("essays", "ai-news"), ("ai-tech", "ai-research")]
+STORY = {"ai-research": "Lemma-7B learns when to stop trusting", "ai-tech": "RCLA promises a sixfold smaller",
+         "ai-news": "Open weights, fine print", "essays": "Open weights, fine print"}
+
+
+class Crash(BaseException):
+    """A stand-in for the process dying: nothing in the engine catches it."""
+
+
+@pytest.fixture
+def send_settings(settings, db_url, tmp_path):
+    return settings.with_overrides(database_url=db_url, provider="resend", send_rate=1000.0,
+                                   outbox_dir=tmp_path / "outbox", request_timeout=1.0)
+
+
+@pytest.fixture
+def readers(subs):
+    """Readers with every kind of category set, and some who must get nothing."""
+    emails = {}
+    for i in range(230):
+        cats = CATEGORY_SETS[i % len(CATEGORY_SETS)]
+        email = f"reader{i:03d}@example.com"
+        subs.add(email, name=f"Reader {i}", categories=cats, consent=Consent(ConsentMethod.FORM))
+        emails[email] = cats
+    for i, status in enumerate([Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED]):
+        subs.add(f"gone{i}@example.com", consent=Consent(ConsentMethod.FORM))
+        subs.change_status(f"gone{i}@example.com", status)
+    subs.add("pending@example.com", status=Status.PENDING, consent=Consent(ConsentMethod.FORM))
+    return emails
+
+
+def make_sender(settings, subs, provider=None, ledger=None, **options):
+    digest = load_digest(EXAMPLE, settings)
+    ledger = ledger or Ledger(subs.engine)
+    provider = provider or make_provider(settings)
+    return digest, ledger, provider, options
+
+
+def start(settings, subs, *, again=False):
+    digest = load_digest(EXAMPLE, settings)
+    ledger = Ledger(subs.engine)
+    run, due = open_run(ledger, digest, subs, settings.provider, again=again)
+    return digest, ledger, run
+
+
+def sender_for(settings, digest, ledger, run, provider=None, **options):
+    variants = render_variants(Renderer(settings), digest, ledger.variants(run.id))
+    options = {"rate": settings.send_rate, "batch_size": 50, "max_failures": 6, "base_delay": 0.01,
+               "max_delay": 0.05} | options
+    return Sender(ledger, provider or make_provider(settings), Composer(settings, digest, variants), **options)
+
+
+def send_all(settings, subs, **options):
+    digest, ledger, run = start(settings, subs)
+    return sender_for(settings, digest, ledger, run, **options).send(run), ledger
+
+
+def assert_exactly_once(fake, readers):
+    assert fake.addresses() == Counter({email: 1 for email in readers})
+
+
+def test_every_reader_gets_one_copy_of_their_variant(fake_resend, send_settings, subs, readers):
+    run, ledger = send_all(send_settings, subs)
+    assert run.status == RunStatus.FINISHED
+    assert ledger.counts(run.id) == {"queued": 0, "sending": 0, "sent": 230, "failed": 0, "skipped": 0}
+    assert_exactly_once(fake_resend, readers)
+    for email, cats in readers.items():
+        [delivery] = fake_resend.for_address(email)
+        reader = subs.get(email)
+        expected = set(STORY.values()) if not cats else {STORY[c] for c in cats}
+        for title in set(STORY.values()):
+            assert (title in delivery.html) == (title in expected), (email, title)
+        assert f"https://newsletter.example.com/u/{reader.token}" in delivery.html
+        assert f"https://newsletter.example.com/u/{reader.token}" in delivery.text
+        assert f"https://newsletter.example.com/p/{reader.token}" in delivery.html
+        assert "%%" not in delivery.html and "%%" not in delivery.text
+        assert delivery.headers["List-Unsubscribe"] == f"<https://newsletter.example.com/u/{reader.token}>"
+        assert delivery.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert delivery.headers["List-Id"] == "Open Models Weekly <open-models-weekly.newsletter.example.com>"
+        assert {t["name"]: t["value"] for t in delivery.tags}["issue"] == "2026-04-22-open-models-weekly"
+        assert delivery.subject.startswith("Lemma-7B checks its own proofs")
+    others = [a for a in fake_resend.addresses() if not a.startswith("reader")]
+    assert others == [], "unsubscribed, bounced, complained and pending readers get nothing"
+
+
+def test_the_same_issue_is_not_sent_twice_by_accident(fake_resend, send_settings, subs, readers):
+    send_all(send_settings, subs)
+    with pytest.raises(SendError, match="was already sent .*--again"):
+        start(send_settings, subs)
+    digest, ledger, run = start(send_settings, subs, again=True)
+    sender_for(send_settings, digest, ledger, run).send(run)
+    assert set(fake_resend.addresses().values()) == {2}
+
+
+class CrashingLedger(Ledger):
+    def __init__(self, engine, where, on_batch=2):
+        super().__init__(engine)
+        self.where, self.on_batch, self.claims = where, on_batch, 0
+
+    def claim(self, run_id, size):
+        batch = super().claim(run_id, size)
+        self.claims += 1
+        if self.where == "after claim" and self.claims == self.on_batch:
+            raise Crash
+        return batch
+
+    def record(self, batch, outcomes):
+        if self.where == "before record" and self.claims == self.on_batch:
+            raise Crash  # the provider answered; the database never heard of it
+        result = super().record(batch, outcomes)
+        if self.where == "after record" and self.claims == self.on_batch:
+            raise Crash
+        return result
+
+
+class CrashingProvider:
+    def __init__(self, inner, where, on_batch=2):
+        self.inner, self.where, self.on_batch, self.calls = inner, where, on_batch, 0
+        self.name, self.idempotent = inner.name, inner.idempotent
+
+    def send(self, messages, key):
+        self.calls += 1
+        if self.where == "before request" and self.calls == self.on_batch:
+            raise Crash
+        result = self.inner.send(messages, key)
+        if self.where == "after answer" and self.calls == self.on_batch:
+            raise Crash
+        return result
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("where", ["after claim", "before request", "after answer", "before record",
+                                   "after record"])
+def test_a_crash_at_any_step_then_resume_delivers_exactly_once(fake_resend, send_settings, subs, readers,
+                                                                where):
+    digest, _, run = start(send_settings, subs)
+    ledger = CrashingLedger(subs.engine, where)
+    provider = CrashingProvider(make_provider(send_settings), where)
+    with pytest.raises(Crash):
+        sender_for(send_settings, digest, ledger, run, provider).send(run)
+    assert 0 < sum(fake_resend.addresses().values()) < len(readers)
+
+    fresh = Ledger(subs.engine)  # a new process: new objects, the same database
+    run = fresh.run(run.id)
+    check_unchanged(run, digest)
+    run = sender_for(send_settings, digest, fresh, run).send(run)
+    assert run.status == RunStatus.FINISHED
+    assert_exactly_once(fake_resend, readers)
+    assert fresh.counts(run.id)["sent"] == len(readers)
+
+
+def test_connection_dropped_after_the_server_did_the_work(fake_resend, send_settings, subs, readers):
+    fake_resend.switches.crash_after_processing = True
+    timer = threading.Timer(0.3, lambda: setattr(fake_resend.switches, "crash_after_processing", False))
+    timer.start()
+    run, ledger = send_all(send_settings, subs, max_failures=100, base_delay=0.05, max_delay=0.1)
+    timer.join()
+    assert run.status == RunStatus.FINISHED
+    assert_exactly_once(fake_resend, readers)
+
+
+def test_server_errors_and_a_429_storm_still_deliver_everyone_once(fake_resend, send_settings, subs, readers):
+    fake_resend.switches.fail_ratio = 0.2
+    fake_resend.switches.fail_after_ratio = 0.1  # did the work, answered 500: the retry must not resend
+    fake_resend.switches.storm_next = 12
+    run, ledger = send_all(send_settings, subs, batch_size=10, max_failures=50)
+    assert run.status == RunStatus.FINISHED
+    assert_exactly_once(fake_resend, readers)
+    assert fake_resend.state.requests[500] > 0 and fake_resend.state.requests[429] >= 12
+
+
+def test_ratelimit_headers_are_honoured(fake_resend, send_settings, subs, readers):
+    fake_resend.state.rate = 5
+    started = time.monotonic()
+    run, ledger = send_all(send_settings, subs, rate=50.0, batch_size=20)  # set faster than allowed
+    assert run.status == RunStatus.FINISHED
+    assert_exactly_once(fake_resend, readers)
+    assert fake_resend.state.requests[429] == 0, "ratelimit-remaining: 0 makes us wait for the reset"
+    assert time.monotonic() - started >= 1.0  # 12 requests at 5 per second take more than a second
+
+
+def test_timeouts_and_refused_connections_are_retried(fake_resend, send_settings, subs, readers):
+    fake_resend.switches.delay, fake_resend.switches.delay_next = 1.5, 2  # the client gives up after 1 s
+    run, ledger = send_all(send_settings, subs, max_failures=100, base_delay=0.2, max_delay=0.5)
+    assert_exactly_once(fake_resend, readers)
+
+    more = {f"late{i}@example.com": () for i in range(60)}
+    for email in more:
+        subs.add(email, consent=Consent(ConsentMethod.FORM))
+    fake_resend.refuse()
+    threading.Timer(0.5, fake_resend.accept).start()
+    digest, ledger, run = start(send_settings, subs, again=True)
+    run = sender_for(send_settings, digest, ledger, run, max_failures=100, base_delay=0.1,
+                     max_delay=0.2).send(run)
+    assert run.status == RunStatus.FINISHED
+    counts = fake_resend.addresses()
+    assert all(counts[email] == 2 for email in readers) and all(counts[email] == 1 for email in more)
+
+
+def test_an_invalid_address_fails_alone(fake_resend, send_settings, subs, readers):
+    fake_resend.switches.reject = {"reader007@example.com"}
+    run, ledger = send_all(send_settings, subs)
+    assert run.status == RunStatus.FINISHED
+    assert ledger.counts(run.id)["failed"] == 1 and ledger.counts(run.id)["sent"] == len(readers) - 1
+    [(email, state, reason)] = ledger.problems(run.id)
+    assert email == "reader007@example.com" and state == "failed" and "email@example.com" in reason
+    assert fake_resend.addresses()["reader006@example.com"] == 1
+
+
+def test_a_reader_unsubscribed_mid_run_gets_nothing_after(fake_resend, send_settings, subs, readers):
+    late = "reader200@example.com"
+
+    class UnsubscribeMidway(CrashingProvider):
+        def send(self, messages, key):
+            result = self.inner.send(messages, key)
+            if self.calls == 0:
+                subs.change_status(late, Status.UNSUBSCRIBED, reason="link")
+            self.calls += 1
+            return result
+
+    digest, ledger, run = start(send_settings, subs)
+    provider = UnsubscribeMidway(make_provider(send_settings), None)
+    run = sender_for(send_settings, digest, ledger, run, provider).send(run)
+    assert run.status == RunStatus.FINISHED
+    assert fake_resend.addresses()[late] == 0
+    assert ("reader200@example.com", "skipped", "the reader is unsubscribed") in ledger.problems(run.id)
+
+
+def test_quota_exceeded_pauses_and_resume_finishes(fake_resend, send_settings, subs, readers):
+    fake_resend.switches.quota = "daily"
+    run, ledger = send_all(send_settings, subs)
+    assert run.status == RunStatus.PAUSED and "quota" in run.reason
+    assert sum(fake_resend.addresses().values()) == 0
+    fake_resend.switches.quota = None
+    digest = load_digest(EXAMPLE, send_settings)
+    run = sender_for(send_settings, digest, ledger, run).send(run)
+    assert run.status == RunStatus.FINISHED
+    assert_exactly_once(fake_resend, readers)
+
+
+def test_too_many_failures_pause_instead_of_burning_the_list(fake_resend, send_settings, subs, readers):
+    fake_resend.switches.fail_ratio = 1.0
+    run, ledger = send_all(send_settings, subs, max_failures=4)
+    assert run.status == RunStatus.PAUSED
+    assert run.reason.startswith("4 failed requests in a row, last: Resend:")
+    assert fake_resend.state.requests[500] == 4
+    fake_resend.switches.fail_ratio = 0.0
+    digest = load_digest(EXAMPLE, send_settings)
+    assert sender_for(send_settings, digest, ledger, run).send(run).status == RunStatus.FINISHED
+    assert_exactly_once(fake_resend, readers)
+
+
+def test_stop_pauses_after_the_batch_in_flight(fake_resend, send_settings, subs, readers):
+    digest, ledger, run = start(send_settings, subs)
+    sender = sender_for(send_settings, digest, ledger, run)
+    run = sender.send(run, on_progress=lambda p: sender.stop())
+    assert run.status == RunStatus.PAUSED and run.reason == "paused by the user"
+    assert sum(fake_resend.addresses().values()) == 50  # one batch
+    run = sender_for(send_settings, digest, ledger, run).send(run)
+    assert run.status == RunStatus.FINISHED
+    assert_exactly_once(fake_resend, readers)
+
+
+def test_a_changed_digest_cannot_resume(fake_resend, send_settings, subs, readers, tmp_path):
+    copy = tmp_path / EXAMPLE.name
+    copy.write_text(EXAMPLE.read_text())
+    digest = load_digest(copy, send_settings)
+    ledger = Ledger(subs.engine)
+    run, _ = open_run(ledger, digest, subs, "resend")
+    copy.write_text(EXAMPLE.read_text().replace("Corrections are always welcome.", "Corrections welcome."))
+    with pytest.raises(SendError, match="changed since run .* started"):
+        check_unchanged(run, load_digest(copy, send_settings))
+
+
+def test_only_one_process_sends_a_run(fake_resend, send_settings, subs, readers):
+    digest, ledger, run = start(send_settings, subs)
+    other = Ledger(subs.engine)
+    other.owner = "elsewhere:1"
+    other.acquire(run.id, 60)
+    with pytest.raises(SendError, match="is being sent by elsewhere:1"):
+        sender_for(send_settings, digest, ledger, run).send(run)
+    assert sum(fake_resend.addresses().values()) == 0
