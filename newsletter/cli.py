@@ -10,6 +10,7 @@ from functools import cached_property
 from pathlib import Path
 
 import click
+import sqlalchemy.exc
 
 from . import preview as preview_mod
 from .config import Settings, load_settings
@@ -110,7 +111,8 @@ def check(app: App, files: tuple[str, ...]) -> None:
 @click.option("--categories", metavar="a,b", help="Render the variant a reader of these categories gets.")
 @click.option("--open", "open_", is_flag=True, help="Open the result in the browser.")
 @click.option("--serve", is_flag=True, help="Serve a live preview on 127.0.0.1 that reloads on change.")
-@click.option("--port", default=8025, show_default=True, help="Port for --serve (0: any free port).")
+@click.option("--port", default=8025, show_default=True, type=click.IntRange(0, 65535),
+              help="Port for --serve (0: any free port).")
 @pass_app
 def preview(app: App, file: str, out: str | None, text: bool, categories: str | None, open_: bool,
             serve: bool, port: int) -> None:
@@ -155,12 +157,29 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else ExitCode.ERROR
+    except sqlalchemy.exc.SQLAlchemyError as e:  # the database refused: bad input or a bad setup
+        if _debug:
+            traceback.print_exc()
+        cause = getattr(e, "orig", None) or e
+        click.secho(f"error: database: {_first_line(cause)}", fg="red", err=True)
+        return ExitCode.ERROR
+    except OSError as e:  # a file or folder we could not read or write
+        if _debug:
+            traceback.print_exc()
+        where = f"{e.filename}: " if e.filename else ""
+        click.secho(f"error: {where}{e.strerror or _first_line(e)}", fg="red", err=True)
+        return ExitCode.ERROR
     except Exception as e:  # a bug: still one line, unless asked for more
         if _debug or os.environ.get("NEWSLETTER_DEBUG"):
             traceback.print_exc()
-        click.secho(f"error: unexpected {type(e).__name__}: {e} (run with --debug for details)",
+        click.secho(f"error: unexpected {type(e).__name__}: {_first_line(e)} (run with --debug for details)",
                     fg="red", err=True)
         return ExitCode.INTERNAL
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def run() -> None:

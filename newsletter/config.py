@@ -125,7 +125,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError("config file not found", path=path) from None
     except (OSError, UnicodeDecodeError) as e:

@@ -33,6 +33,7 @@ ROUNDUPS_RE = re.compile(r"^round[- ]?ups?$", re.I)
 PLACEHOLDER_RE = re.compile(r"\b(TK|TODO)\b")
 FENCE_RE = re.compile(r"^ {0,3}(```|~~~)")
 CODE_SPAN_RE = re.compile(r"(`+).+?\1")
+URL_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^\s)>\]]+", re.I)  # a TODO inside a URL is the URL's
 FRONT_MATTER_KEYS = {"title", "subtitle", "date", "author", "categories", "tldr", "preheader",
                      "footnotes"}
 
@@ -226,7 +227,8 @@ def parse_digest(text: str, path: Path, settings: Settings, check: _Checker) -> 
     _check_references(tokens, body_lines, to_file_line, check)
     main, footnotes = _take_footnotes(tokens, env, to_file_line, check)
     opening_tokens, story_chunks = _split_stories(main)
-    opening = _opening(opening_tokens, [str(t) for t in tldr], env, to_file_line, settings, check)
+    opening = _opening(opening_tokens, [str(t) for t in tldr], line_of, env, to_file_line,
+                       settings, check)
     stories = [_story(chunk, env, to_file_line, default_categories, settings, check)
                for chunk in story_chunks]
     _check_anchors(stories)
@@ -279,8 +281,11 @@ def _load_front_matter(front: str, check: _Checker) -> tuple[dict[str, Any], dic
         return None
     key_lines = {}
     if isinstance(node, yaml.MappingNode):
-        key_lines = {k.value: k.start_mark.line + 2 for k, _ in node.value
-                     if isinstance(k, yaml.ScalarNode)}
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                key_lines[k.value] = k.start_mark.line + 2
+                if isinstance(v, yaml.SequenceNode):  # each item's own line: "tldr.0", ...
+                    key_lines |= {f"{k.value}.{i}": item.start_mark.line + 2 for i, item in enumerate(v.value)}
     return meta, key_lines
 
 
@@ -304,7 +309,8 @@ def _date(value: Any, line: int, check: _Checker) -> dt.date | None:
         return None
 
 
-def _categories(value: Any, line: int, settings: Settings, check: _Checker) -> tuple[str, ...] | None:
+def _categories(value: Any, line: int, settings: Settings, check: _Checker, *,
+                comment: bool = False) -> tuple[str, ...] | None:
     if value is None:
         return None
     items = value.split(",") if isinstance(value, str) else value
@@ -312,6 +318,9 @@ def _categories(value: Any, line: int, settings: Settings, check: _Checker) -> t
         check.error(line, "'categories' must be a list of category slugs")
         return None
     slugs = tuple(dict.fromkeys(s.strip() for s in items if s.strip()))
+    if comment and not slugs:
+        check.error(line, "the categories comment names no category (it would hide the story from "
+                    "every reader who chose categories)")
     for slug in slugs:
         if settings.category(slug) is None:
             known = ", ".join(settings.category_slugs) or "none are configured"
@@ -327,25 +336,33 @@ def _check_placeholders(lines: list[str], check: _Checker) -> None:
             continue
         if in_fence:
             continue
-        match = PLACEHOLDER_RE.search(CODE_SPAN_RE.sub("", line))
+        match = PLACEHOLDER_RE.search(URL_RE.sub("", CODE_SPAN_RE.sub("", line)))
         if match:
             check.error(number, f"leftover placeholder '{match.group(1)}'")
 
 
 # -- footnotes ----------------------------------------------------------------------------------
 
+def _undefined_refs(children: list[Token], source: str) -> list[str]:
+    """Labels of `[^label]` left as text: the parser found no definition for them. One the
+    writer escaped (`\\[^label]`) is meant as text."""
+    found = []
+    for child in children:
+        if child.type == "text":
+            for m in UNDEFINED_REF_RE.finditer(child.content):
+                if re.search(r"(?<!\\)" + re.escape(m.group(0)), source):
+                    found.append(m.group(1))
+    return found
+
+
 def _check_references(tokens: list[Token], body_lines: list[str], to_file_line, check: _Checker) -> None:
-    """A `[^label]` left as text means the parser found no definition for it."""
     for token in tokens:
         if token.type != "inline" or not token.map:
             continue
-        for child in token.children or []:
-            if child.type != "text":
-                continue
-            for m in UNDEFINED_REF_RE.finditer(child.content):
-                first, last = token.map
-                offset = next((i for i in range(first, last) if m.group(0) in body_lines[i]), first)
-                check.error(to_file_line(offset), f"footnote [^{m.group(1)}] is never defined")
+        first, last = token.map
+        for label in _undefined_refs(token.children or [], "\n".join(body_lines[first:last])):
+            offset = next((i for i in range(first, last) if f"[^{label}]" in body_lines[i]), first)
+            check.error(to_file_line(offset), f"footnote [^{label}] is never defined")
 
 
 def _take_footnotes(tokens: list[Token], env, to_file_line, check: _Checker
@@ -386,6 +403,9 @@ def _footnote(label: str, tokens: list[Token], env, line: int, check: _Checker) 
     close = next(i for i in range(idx, len(children)) if children[i].type == "link_close")
     title = "".join(c.content for c in children[idx + 1:close] if c.type in ("text", "code_inline"))
     quote_tokens = _between(tokens, "blockquote_open", "blockquote_close")
+    if any(t.type == "footnote_ref" for t in tokens if t.type == "inline" for t in t.children or []):
+        check.error(line, f"footnote [^{label}] cites a note; a note cannot cite another note")
+        return None
     blocks = sum(1 for t in tokens if t.nesting == 1 and t.level == tokens[0].level)
     if blocks > 1 + bool(quote_tokens):
         check.warn(line, f"footnote [^{label}]: only its first paragraph (the source link) and its "
@@ -427,16 +447,19 @@ def _split_stories(tokens: list[Token]) -> tuple[list[Token], list[list[Token]]]
     return opening, stories
 
 
-def _opening(tokens, tldr: list[str], env, to_file_line, settings, check) -> Section:
+def _opening(tokens, tldr: list[str], tldr_line, env, to_file_line, settings, check) -> Section:
     categories = None
     body = []
     for token in tokens:
         found = _categories_comment(token)
         if found is not None:
-            categories = _categories(found, to_file_line(token.map[0]), settings, check)
+            categories = _categories(found, to_file_line(token.map[0]), settings, check, comment=True)
         else:
             body.append(token)
     tldr_tokens = [MD.parseInline(item, env)[0].children or [] for item in tldr]
+    for index, (item, children) in enumerate(zip(tldr, tldr_tokens)):
+        for label in _undefined_refs(children, item):
+            check.error(tldr_line(f"tldr.{index}"), f"footnote [^{label}] is never defined (in 'tldr')")
     return Section(
         kind="opening", line=1, categories=categories,
         tldr_html=[MD.renderer.render(c, MD.options, env) for c in tldr_tokens],
@@ -453,7 +476,7 @@ def _story(tokens: list[Token], env, to_file_line, default_categories, settings,
     is_roundups = bool(ROUNDUPS_RE.match(title_text))
     section = Section(kind="roundups" if is_roundups else "story", line=line,
                       title_html=MD.renderer.render(heading.children or [], MD.options, env),
-                      title_text=title_text, anchor=_anchor(title_text),
+                      title_text=title_text, anchor=_anchor(REF_RE.sub("", title_text)),
                       categories=None if is_roundups else default_categories)
     rest = tokens[3:]
     if tokens[0].tag == "h1":
@@ -462,7 +485,8 @@ def _story(tokens: list[Token], env, to_file_line, default_categories, settings,
     for token in rest:
         comment = _categories_comment(token)
         if comment is not None:
-            section.categories = _categories(comment, to_file_line(token.map[0]), settings, check)
+            section.categories = _categories(comment, to_file_line(token.map[0]), settings, check,
+                                             comment=True)
         else:
             kept.append(token)
     kept = _take_source(section, kept, env)

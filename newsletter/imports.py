@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
+import ipaddress
 import datetime as dt
 import json
 import re
@@ -39,6 +41,16 @@ class Row:
     consent_at: dt.datetime | None = None
     consent_ip: str | None = None
     skip: str | None = None  # a reason the format itself gives to leave the row out
+    invalid: str | None = None  # what is wrong with the line
+
+    def __post_init__(self) -> None:
+        if self.name:
+            self.name = self.name[:200]
+        if self.consent_ip:
+            try:
+                self.consent_ip = str(ipaddress.ip_address(self.consent_ip.strip()))
+            except ValueError:
+                self.consent_ip = None
 
 
 # -- formats ------------------------------------------------------------------------------------
@@ -189,10 +201,10 @@ class Generic(Format):
             p for p in (_get(record, "first name", "first_name"), _get(record, "last name", "last_name")) if p)
         status_text = _get(record, "status").lower()
         status = self.STATUS.get(status_text, Status.ACTIVE)
-        skip = f"unknown status {status_text!r}" if status_text and status_text not in self.STATUS else None
+        invalid = f"unknown status {status_text!r}" if status_text and status_text not in self.STATUS else None
         return Row(line, _get(record, self.email_column or "email"), name or None, status,
                    _split_tags(_get(record, *self.TAGS)), _when(_get(record, "created_at", "created")),
-                   None, skip)
+                   None, invalid=invalid)
 
 
 FORMATS = {f.name: f for f in (Mailchimp(), Substack(), Buttondown(), Generic())}
@@ -231,9 +243,16 @@ def open_source(path: Path, fmt: str | None = None, email_column: str | None = N
     def rows() -> Iterator[Row]:
         with handle:
             line = reader.line_num + 1
-            for values in reader:
-                if any(v.strip() for v in values):
-                    yield chosen.read(dict(zip(columns, values)), line)
+            while True:
+                try:
+                    values = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as e:  # e.g. a field larger than the csv module allows
+                    yield Row(line, "", invalid=f"unreadable CSV: {e}")
+                else:
+                    if any(v.strip() for v in values):
+                        yield chosen.read(dict(zip(columns, values)), line)
                 line = reader.line_num + 1
     return Source(chosen, rows(), max(lines - 1, 0))
 
@@ -241,19 +260,23 @@ def open_source(path: Path, fmt: str | None = None, email_column: str | None = N
 def _survey(path: Path) -> tuple[str, int, str]:
     """One streaming pass: the encoding (UTF-8, else Excel's cp1252), the line count, the start."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    encoding, lines, head = "utf-8-sig", 0, b""
+    encoding, lines, head, last = "utf-8-sig", 0, b"", b""
     try:
         with path.open("rb") as f:
             while block := f.read(1 << 20):
-                if not head:
-                    head = block[:65536]
+                head, last = head or block[:65536], block
                 lines += block.count(b"\n")
                 if encoding == "utf-8-sig":
                     try:
                         decoder.decode(block)
                     except UnicodeDecodeError:
                         encoding = "cp1252"
-            lines += bool(block[-1:] not in (b"", b"\n")) if head else 0
+            if encoding == "utf-8-sig":
+                try:
+                    decoder.decode(b"", final=True)  # a character cut off at the very end
+                except UnicodeDecodeError:
+                    encoding = "cp1252"
+            lines += bool(last) and not last.endswith(b"\n")
     except OSError as e:
         raise SubscriberError(f"{path}: cannot read: {e.strerror}") from None
     return encoding, lines, head.decode(encoding, errors="ignore")
@@ -320,7 +343,7 @@ def import_csv(subs: Subscribers, path: Path, *, fmt: str | None = None, email_c
     source = open_source(Path(path), fmt, email_column)
     summary = ImportSummary(Path(path), source.format.title, dry_run)
     consent_source = f"{source.format.name}:{Path(path).name}"[:300]
-    seen: set[str] = set()
+    seen: dict[str, Status] = {}  # address -> the status its rows so far gave it
     done = 0
     chunk: list[Row] = []
     for row in source.rows:
@@ -350,10 +373,13 @@ def _tag_mapping(subs: Subscribers, map_tags: dict[str, str]) -> dict[str, str]:
     return mapping
 
 
-def _import_chunk(subs: Subscribers, rows: list[Row], seen: set[str], mapping: dict[str, str],
+def _import_chunk(subs: Subscribers, rows: list[Row], seen: dict[str, Status], mapping: dict[str, str],
                   extra: tuple[str, ...], consent_source: str, summary: ImportSummary) -> int:
-    wanted: list[tuple[Row, str, tuple[str, ...]]] = []
+    by_address: dict[str, tuple[Row, str, tuple[str, ...]]] = {}
     for row in rows:
+        if row.invalid:
+            summary.invalid.append((row.line, row.invalid))
+            continue
         if row.skip:
             summary.skipped[row.skip] += 1
             continue
@@ -363,9 +389,16 @@ def _import_chunk(subs: Subscribers, rows: list[Row], seen: set[str], mapping: d
             summary.invalid.append((row.line, str(e)))
             continue
         if address in seen:
-            summary.skipped["the same address is on an earlier line"] += 1
-            continue
-        seen.add(address)
+            # An address twice: the first line counts, unless a later one stops the reader.
+            if not (row.status in STOPPED and seen[address] not in STOPPED):
+                summary.skipped["the same address is on an earlier line"] += 1
+                continue
+            if address in by_address:  # the earlier line is in this chunk: it takes the stop
+                first, _, slugs = by_address[address]
+                by_address[address] = (dataclasses.replace(first, status=row.status), address, slugs)
+                seen[address] = row.status
+                continue
+        seen[address] = row.status
         slugs = list(extra)
         for tag in row.tags:
             slug = mapping.get(tag.lower())
@@ -373,7 +406,8 @@ def _import_chunk(subs: Subscribers, rows: list[Row], seen: set[str], mapping: d
                 summary.unmapped[tag] += 1
             elif slug not in slugs:
                 slugs.append(slug)
-        wanted.append((row, address, tuple(slugs)))
+        by_address[address] = (row, address, tuple(slugs))
+    wanted = list(by_address.values())
     if not wanted:
         return len(rows)
 

@@ -240,7 +240,7 @@ def _section_view(section: Section, numbering: dict[str, Note], backrefs: dict[s
         return Markup(out) if html else out
 
     suffix = "html" if html else "text"
-    view = {"kind": section.kind, "anchor": section.anchor, "line": section.line}
+    view = {"kind": section.kind, "anchor": section.anchor}
     # The order matters: references are numbered in the order the template shows them.
     view["title"] = fill(getattr(section, f"title_{suffix}"))
     view["source"] = fill(getattr(section, f"source_{suffix}"))

@@ -6,6 +6,7 @@ an event. Only `active` readers are ever sent to.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import enum
@@ -348,10 +349,10 @@ class Subscribers:
     # -- plumbing --------------------------------------------------------------------------------
 
     def _conn(self, conn: Connection | None):
-        return _Borrowed(conn) if conn is not None else self.engine.connect()
+        return contextlib.nullcontext(conn) if conn is not None else self.engine.connect()
 
     def _begin(self, conn: Connection | None):
-        return _Borrowed(conn) if conn is not None else self.engine.begin()
+        return contextlib.nullcontext(conn) if conn is not None else self.engine.begin()
 
 
 
@@ -360,19 +361,6 @@ def log_event(conn: Connection, reader_id: int | None, kind: str, **detail) -> N
     conn.execute(sa.insert(events).values(
         reader_id=reader_id, kind=kind, at=utcnow(),
         detail=json.dumps({k: v for k, v in detail.items() if v is not None}) if detail else None))
-
-
-class _Borrowed:
-    """A connection the caller owns, used in a `with` without closing or committing it."""
-
-    def __init__(self, conn: Connection):
-        self.conn = conn
-
-    def __enter__(self) -> Connection:
-        return self.conn
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def _reader(row, slugs) -> Reader:

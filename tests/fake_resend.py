@@ -47,6 +47,7 @@ class Switches:
     delay_next: int = 0  # only the next N requests are delayed (0: all, while delay is set)
     quota: str | None = None  # "daily" or "monthly": every request answers 429 with that name
     storm_next: int = 0  # the next N requests answer 429 whatever the rate
+    storm_retry_after: float = 1.0  # the retry-after those 429s carry
     crash_after_processing: bool = False  # do the work, then drop the connection unanswered
     reject: set[str] = field(default_factory=set)  # addresses validation refuses
 
@@ -148,7 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
             if switches.storm_next > 0:
                 switches.storm_next -= 1
                 return self._answer(429, _error(429, "rate_limit_exceeded", "Too many requests."),
-                                    {"retry-after": "1"})
+                                    {"retry-after": f"{switches.storm_retry_after:g}"})
             limited = self._rate_limited()
             if limited:
                 return self._answer(429, _error(429, "rate_limit_exceeded",

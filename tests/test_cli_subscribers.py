@@ -104,3 +104,26 @@ def test_every_subcommand_has_help(cli):
         for command_name, command in sub.commands.items():
             assert command.help and len(command.help) > 20, command_name
             assert cli(name, command_name, "--help").code == 0
+
+
+def test_database_errors_are_one_line(run, monkeypatch, tmp_path):
+    db = tmp_path / "ro.db"
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{db}")
+    assert run("subscribers", "add", "a@example.com").code == 0
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///file:{db}?mode=ro&uri=true")
+    result = run("subscribers", "add", "b@example.com")
+    assert result.code == 1
+    assert result.err.strip() == "error: database: attempt to write a readonly database"
+    (tmp_path / "junk.db").write_text("this is not a database")
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'junk.db'}")
+    result = run("subscribers", "count")
+    assert result.code == 1 and len(result.err.strip().splitlines()) == 1
+    assert result.err.startswith("error: ") and "Traceback" not in result.err
+
+
+def test_unwritable_output_is_one_line(run, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run("preview", "digests/2026-04-22-open-models-weekly.md", "--out", blocker / "x.html")
+    assert result.code == 1 and len(result.err.strip().splitlines()) == 1
+    assert result.err.startswith(f"error: {blocker}")

@@ -176,3 +176,26 @@ def test_extra_text_in_a_note(write_digest, settings, renderer):
     assert [str(w).split(": ", 1)[1] for w in digest.warnings] == [
         "footnote [^b]: only its first paragraph (the source link) and its quote are shown; "
         "the rest of the note is left out"]
+
+
+@pytest.mark.parametrize("change, line, message", [
+    (lambda t: t.replace("  - First point.[^a]", "  - First point.[^zzz]"), 8,
+     "footnote [^zzz] is never defined (in 'tldr')"),
+    (lambda t: t.replace("    > Quoted excerpt A.", "    > Quoted excerpt A.[^b]"), 32,
+     "footnote [^a] cites a note; a note cannot cite another note"),
+    (lambda t: t.replace("<!-- categories: ai-tech -->", "<!-- categories: -->"), 14,
+     "the categories comment names no category"),
+])
+def test_more_errors(write_digest, settings, change, line, message):
+    path = write_digest(change(GOOD.lstrip("\n")))
+    with pytest.raises(DigestError) as excinfo:
+        load_digest(path, settings)
+    assert any(p.startswith(f"{path}:{line}: ") and message in p for p in problems(excinfo)), problems(excinfo)
+
+
+def test_things_that_are_not_errors(write_digest, settings):
+    text = GOOD.replace("Intro paragraph.", "Intro with an escaped \\\\[^x] and a [list](https://ex.org/TODO-list).")
+    text = text.replace("## First story", "## First story[^a]")
+    digest = load_digest(write_digest(text), settings)
+    assert digest.stories[0].anchor == "first-story"
+    assert "[^x]" in digest.opening.body_html

@@ -1,6 +1,5 @@
 """Importing readers from the exports of other tools, on SQLite and PostgreSQL."""
 
-import io
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,13 @@ from newsletter.subscribers import Consent, ConsentMethod, Status
 DATA = Path(__file__).parent / "data"
 
 
-def snapshot(subs) -> str:
-    out = io.StringIO()
-    subs.export_csv(out)
-    return out.getvalue()
+def snapshot(subs) -> list:
+    """Every stored column of every reader, tokens and timestamps included."""
+    import sqlalchemy as sa
+
+    with subs.engine.connect() as conn:
+        return [list(conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1, 2")))
+                for table in ("readers", "reader_categories", "suppressions")]
 
 
 def test_mailchimp_audience_export(subs):
@@ -151,4 +153,47 @@ def test_semicolon_separated_file_from_a_spreadsheet(subs, tmp_path):
                      "unsubscribed\r\ncy@example.com;Cy;weird\r\n".encode("utf-8"))
     summary = import_csv(subs, path)
     assert summary.added == {"active": 1, "unsubscribed": 1}
-    assert summary.skipped == {"unknown status 'weird'": 1}
+    assert summary.invalid == [(4, "unknown status 'weird'")]
+
+
+def test_a_later_line_that_unsubscribes_wins(subs, tmp_path):
+    path = tmp_path / "twice.csv"
+    path.write_text("email,status\ny@example.com,active\nY@example.com,unsubscribed\nz@example.com,active\n"
+                    "z@example.com,active\n")
+    summary = import_csv(subs, path)
+    assert subs.get("y@example.com").status == Status.UNSUBSCRIBED
+    assert summary.added == {"unsubscribed": 1, "active": 1}
+    assert summary.skipped == {"the same address is on an earlier line": 1}
+
+
+def test_a_later_chunk_that_unsubscribes_wins(subs, tmp_path, monkeypatch):
+    import newsletter.imports as imports
+
+    monkeypatch.setattr(imports, "CHUNK", 2)
+    path = tmp_path / "twice.csv"
+    path.write_text("email,status\ny@example.com,active\nx@example.com,active\nY@example.com,unsubscribed\n")
+    summary = import_csv(subs, path)
+    assert subs.get("y@example.com").status == Status.UNSUBSCRIBED
+    assert summary.added == {"active": 2} and summary.updated == 1
+
+
+def test_windows_1252_file_and_tabs(subs, tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("email\tname\r\nana@example.com\tAna Mu\xf1oz\r\njose@example.com\tJos\xe9".encode("latin-1"))
+    summary = import_csv(subs, path)
+    assert summary.added == {"active": 2}
+    assert subs.get("ana@example.com").name == "Ana Muñoz"
+    assert subs.get("jose@example.com").name == "José"  # the file's last byte decides the encoding too
+
+
+def test_header_only_and_oversized_values(subs, tmp_path):
+    path = tmp_path / "header.csv"
+    path.write_text("email,name\n")
+    summary = import_csv(subs, path)
+    assert summary.added == {} and summary.invalid == []
+    path.write_text("email,name,optin_ip\nlong@example.com," + "N" * 250 + ",not-an-ip\nok@example.com,Ok,1.2.3.4\n"
+                    + "big@example.com," + "x" * 200_000 + "\nlast@example.com,Last\n")
+    summary = import_csv(subs, path)
+    assert subs.get("long@example.com").name == "N" * 200  # cut to what the database holds, everywhere
+    assert subs.get("last@example.com") is not None
+    assert [line for line, _ in summary.invalid] == [4] and "unreadable CSV" in summary.invalid[0][1]

@@ -184,7 +184,7 @@ def test_connection_dropped_after_the_server_did_the_work(fake_resend, send_sett
 def test_server_errors_and_a_429_storm_still_deliver_everyone_once(fake_resend, send_settings, subs, readers):
     fake_resend.switches.fail_ratio = 0.2
     fake_resend.switches.fail_after_ratio = 0.1  # did the work, answered 500: the retry must not resend
-    fake_resend.switches.storm_next = 12
+    fake_resend.switches.storm_next, fake_resend.switches.storm_retry_after = 12, 0.2
     run, ledger = send_all(send_settings, subs, batch_size=10, max_failures=50)
     assert run.status == RunStatus.FINISHED
     assert_exactly_once(fake_resend, readers)
