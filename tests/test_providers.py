@@ -1,0 +1,109 @@
+"""The outbox and SMTP providers: real RFC 5322 messages, read back with the email package."""
+
+from __future__ import annotations
+
+import email
+import socket
+from email import policy
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+
+from newsletter.errors import Rejected, Unavailable
+from newsletter.providers import Message
+from newsletter.providers.outbox import OutboxProvider
+from newsletter.providers.smtp import SmtpProvider
+
+HEADERS = {"List-Unsubscribe": "<https://n.example/u/tok>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+           "List-Id": "Test Weekly <test-weekly.n.example>"}
+
+
+def message(to: str, n: int = 1) -> Message:
+    return Message(key=f"r1-{n}", to=to, sender="Test Weekly <news@n.example>", reply_to="ed@n.example",
+                   subject="Ünïcode subject · issue 7", html="<p>Hello <b>reader</b> · café</p>",
+                   text="Hello reader · café", headers=HEADERS, tags={"issue": "x"})
+
+
+def check_parsed(raw: bytes, to: str) -> None:
+    mail = email.message_from_bytes(raw, policy=policy.default)
+    assert mail["From"] == "Test Weekly <news@n.example>" and mail["To"] == to
+    assert mail["Reply-To"] == "ed@n.example"
+    assert mail["Subject"] == "Ünïcode subject · issue 7"
+    for name, value in HEADERS.items():
+        assert mail[name] == value
+    assert mail["Message-ID"] and mail["Date"]
+    assert mail.get_content_type() == "multipart/alternative"
+    assert mail.get_body(("plain",)).get_content().strip() == "Hello reader · café"
+    assert mail.get_body(("html",)).get_content().strip() == "<p>Hello <b>reader</b> · café</p>"
+
+
+def test_outbox_writes_parseable_eml_files(tmp_path):
+    outbox = OutboxProvider(tmp_path / "outbox")
+    result = outbox.send([message("ana@example.com", 1), message("josé@exämple.org", 2)], "k")
+    assert [o.ok for o in result.outcomes] == [True, True]
+    files = sorted((tmp_path / "outbox").glob("*.eml"))
+    assert [f.name for f in files] == ["r1-1-ana@example.com.eml", "r1-2-josé@exämple.org.eml"]
+    check_parsed(files[0].read_bytes(), "ana@example.com")
+    check_parsed(files[1].read_bytes(), "josé@exämple.org")
+    outbox.send([message("ana@example.com", 1)], "k")  # the same message again: the same file
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 2
+
+
+class Collector:
+    def __init__(self):
+        self.messages = []
+
+    async def handle_RCPT(self, server, session, envelope, address, options):  # noqa: N802
+        if address.startswith("nobody@"):
+            return "550 5.1.1 no such user"
+        if address.startswith("later@"):
+            return "451 4.3.0 try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        self.messages.append((envelope.rcpt_tos[0], envelope.content))
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp_server():
+    collector = Collector()
+    accounts = {"news": "secret"}
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        ok = accounts.get(auth_data.login.decode()) == auth_data.password.decode()
+        return AuthResult(success=ok, handled=False)
+
+    with socket.socket() as probe:  # aiosmtpd checks its own port once started: it needs a real one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(collector, hostname="127.0.0.1", port=port, authenticator=authenticate,
+                            auth_require_tls=False)
+    controller.start()
+    yield collector, port
+    controller.stop()
+
+
+def test_smtp_sends_a_batch_on_one_connection(smtp_server):
+    collector, port = smtp_server
+    smtp = SmtpProvider("127.0.0.1", port, security="none", username="news", password="secret")
+    batch = [message("ana@example.com", 1), message("nobody@example.com", 2), message("later@example.com", 3),
+             message("bo@example.com", 4)]
+    outcomes = smtp.send(batch, "k").outcomes
+    assert [o.ok for o in outcomes] == [True, False, False, True]
+    assert outcomes[1].retry is False and outcomes[1].error.startswith("550")
+    assert outcomes[2].retry is True and outcomes[2].error.startswith("451")
+    assert [to for to, _ in collector.messages] == ["ana@example.com", "bo@example.com"]
+    check_parsed(collector.messages[0][1], "ana@example.com")
+
+
+def test_smtp_bad_login_and_no_server(smtp_server):
+    collector, port = smtp_server
+    with pytest.raises(Rejected, match="SMTP login to 127.0.0.1 refused"):
+        SmtpProvider("127.0.0.1", port, security="none", username="news", password="wrong").send(
+            [message("ana@example.com")], "k")
+    with pytest.raises(Unavailable, match="cannot connect to SMTP server"):
+        SmtpProvider("127.0.0.1", 1, security="none", timeout=2).send([message("ana@example.com")], "k")
+    assert collector.messages == []
