@@ -81,12 +81,11 @@ def show_plan(app: App, subject: str, due, provider: str) -> None:
     for key, count in due.per_variant.items():
         table.add_row(describe_variant(app, key), str(count))
     table.add_row("total", str(len(due.recipients)), style="bold")
-    console = Console(stderr=False)
-    console.print(f"subject:  {subject}\nprovider: {provider}")
-    console.print(table)
+    click.echo(f"subject:  {subject}\nprovider: {provider}")
+    Console(width=120, file=sys.stdout).print(table)
     if due.not_due:
-        console.print(f"{plural(due.not_due, 'active reader')} chose only categories this issue has no "
-                      "story for: not sent")
+        click.echo(f"{plural(due.not_due, 'active reader')} chose only categories this issue has no "
+                   "story for: not sent")
 
 
 def send_tests(app: App, digest, renderer: Renderer, keys: list[str], addresses: tuple[str, ...]) -> None:

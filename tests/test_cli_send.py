@@ -1,0 +1,133 @@
+"""`newsletter send`, `runs` and `resume` as a user runs them."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from newsletter.subscribers import Consent, ConsentMethod, Subscribers
+
+from .conftest import EXAMPLE, ROOT
+
+
+@pytest.fixture
+def cli(run, monkeypatch, db_url, session_settings, tmp_path):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", db_url)
+    monkeypatch.setenv("NEWSLETTER_OUTBOX_DIR", str(tmp_path / "outbox"))
+    subs = Subscribers.open(db_url, session_settings.categories)
+    for i, cats in enumerate([(), ("ai-tech",), ("essays",), ("ai-tech",), ()]):
+        subs.add(f"r{i}@example.com", categories=cats, consent=Consent(ConsentMethod.CLI))
+    subs.close()
+    return run
+
+
+def eml(tmp_path):
+    return sorted(p.name for p in (tmp_path / "outbox").glob("*.eml")) if (tmp_path / "outbox").exists() else []
+
+
+def test_send_to_the_outbox(cli, tmp_path):
+    result = cli("send", EXAMPLE, "--yes")
+    assert result.code == 0, result.err
+    assert "no provider configured: writing .eml files to" in result.err
+    assert "provider: outbox" in result.out and re.search(r"total\s+5\b", result.out)
+    assert "run 1: sent 5, failed 0, skipped 0, queued 0" in result.out
+    assert len(eml(tmp_path)) == 5
+    listed = cli("runs").out
+    assert "2026-04-22-open-models-weekly" in listed and "finished" in listed
+    again = cli("send", EXAMPLE, "--yes")
+    assert again.code == 1 and "was already sent (run 1" in again.err and "--again" in again.err
+    assert len(eml(tmp_path)) == 5
+    assert cli("send", EXAMPLE, "--yes", "--again").code == 0
+    assert len(eml(tmp_path)) == 10
+
+
+def test_dry_run_and_test_copies_touch_no_reader(cli, tmp_path):
+    result = cli("send", EXAMPLE, "--dry-run")
+    assert result.code == 0 and "dry run: nothing was sent" in result.out
+    assert "rendered all:" in result.out and "rendered ai-tech:" in result.out
+    assert eml(tmp_path) == []
+    result = cli("send", EXAMPLE, "--test", "me@example.org", "--test", "you@example.org")
+    assert result.code == 0, result.err
+    files = eml(tmp_path)
+    assert len(files) == 6  # three variants, two addresses
+    assert all("me@example.org" in f or "you@example.org" in f for f in files)
+    assert "test copy ai-tech to me@example.org: sent" in result.out
+    assert "2026-04-22" not in cli("runs").out, "test copies are not a run"
+
+
+def test_send_asks_first(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    result = cli("send", EXAMPLE)
+    assert result.code == 1 and "Send \"Lemma-7B" in result.out and "aborted" in result.err
+    assert eml(tmp_path) == []
+
+
+def test_resume_refuses_what_it_cannot_do(cli):
+    assert cli("resume", "99", "--yes").err.strip() == "error: there is no send run 99 (see `newsletter runs`)"
+    cli("send", EXAMPLE, "--yes")
+    result = cli("resume", "1", "--yes")
+    assert result.code == 1 and "run 1 is finished" in result.err
+
+
+def test_killed_mid_send_then_resumed_delivers_exactly_once(db_url, fake_resend, session_settings, tmp_path):
+    """The real thing: SIGKILL in the middle of a send, then `newsletter resume`."""
+    subs = Subscribers.open(db_url, session_settings.categories)
+    readers = [f"k{i:03d}@example.com" for i in range(120)]
+    for i, email in enumerate(readers):
+        subs.add(email, categories=[("ai-tech",), ("essays",), ()][i % 3], consent=Consent(ConsentMethod.CLI))
+    subs.close()
+    env = dict(os.environ, NEWSLETTER_CONFIG=str(ROOT / "newsletter.toml"), NEWSLETTER_DATABASE_URL=db_url,
+               NEWSLETTER_PROVIDER="resend", NEWSLETTER_SEND_RATE="8", NEWSLETTER_BATCH_SIZE="5",
+               RESEND_API_KEY=fake_resend.state.api_key, RESEND_API_URL=fake_resend.url)
+    command = [sys.executable, "-m", "newsletter"]
+    process = subprocess.Popen([*command, "send", str(EXAMPLE), "--yes"], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while sum(fake_resend.addresses().values()) < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    delivered = sum(fake_resend.addresses().values())
+    assert 30 <= delivered < len(readers)
+
+    result = subprocess.run([*command, "resume", "1", "--yes"], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "run 1 finished" in result.stdout
+    assert fake_resend.addresses() == Counter({email: 1 for email in readers})
+
+
+def test_ctrl_c_pauses_and_resume_finishes(db_url, fake_resend, session_settings, tmp_path):
+    subs = Subscribers.open(db_url, session_settings.categories)
+    readers = [f"c{i:03d}@example.com" for i in range(60)]
+    for email in readers:
+        subs.add(email, consent=Consent(ConsentMethod.CLI))
+    subs.close()
+    env = dict(os.environ, NEWSLETTER_CONFIG=str(ROOT / "newsletter.toml"), NEWSLETTER_DATABASE_URL=db_url,
+               NEWSLETTER_PROVIDER="resend", NEWSLETTER_SEND_RATE="4", NEWSLETTER_BATCH_SIZE="5",
+               RESEND_API_KEY=fake_resend.state.api_key, RESEND_API_URL=fake_resend.url)
+    command = [sys.executable, "-m", "newsletter"]
+    process = subprocess.Popen([*command, "send", str(EXAMPLE), "--yes"], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while sum(fake_resend.addresses().values()) < 10:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "pausing after the batch in flight" in err and "Resume with `newsletter resume 1`" in err
+    assert "Traceback" not in err
+    assert sum(fake_resend.addresses().values()) < len(readers)
+    listed = subprocess.run([*command, "runs"], env=env, cwd=tmp_path, capture_output=True, text=True).stdout
+    assert "paused" in listed
+    result = subprocess.run([*command, "resume", "1", "--yes"], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert fake_resend.addresses() == Counter({email: 1 for email in readers})
