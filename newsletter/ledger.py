@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .errors import SendError
-from .store import deliveries, insert_many, readers, send_runs, utcnow
+from .store import deliveries, insert_many, readers, send_runs, update_many, utcnow
 from .subscribers import Status
 
 MAX_ATTEMPTS = 3  # temporary refusals of one message before it counts as failed
@@ -235,9 +235,10 @@ class Ledger:
                 failed.append({"i": recipient.delivery_id, "r": outcome.error})
         with self.engine.begin() as conn:
             where = deliveries.c.id == sa.bindparam("i")
-            if sent:
-                conn.execute(sa.update(deliveries).where(where).values(
-                    state=State.SENT.value, message_id=sa.bindparam("m"), reason=None, updated_at=now), sent)
+            if sent:  # the common case, and the hot path: straight to the driver
+                update_many(conn, sa.update(deliveries).where(where).values(
+                    state=State.SENT.value, message_id=sa.bindparam("m"), reason=None,
+                    updated_at=sa.bindparam("now")), [dict(row, now=now) for row in sent])
             if failed:
                 conn.execute(sa.update(deliveries).where(where).values(
                     state=State.FAILED.value, reason=sa.bindparam("r"), updated_at=now), failed)

@@ -67,12 +67,12 @@ class Plan:
 def plan(digest: Digest, subscribers: Subscribers) -> Plan:
     digest_cats, open_story = digest_categories(digest)
     recipients, per_variant, not_due = [], {}, 0
-    for reader in subscribers.iter_readers(Status.ACTIVE):
-        variant = variant_for(reader.categories, digest_cats, open_story)
+    for reader_id, categories in subscribers.active_categories():
+        variant = variant_for(categories, digest_cats, open_story)
         if variant is None:
             not_due += 1
             continue
-        recipients.append((reader.id, variant))
+        recipients.append((reader_id, variant))
         per_variant[variant] = per_variant.get(variant, 0) + 1
     return Plan(recipients, dict(sorted(per_variant.items())), not_due)
 
@@ -243,13 +243,16 @@ class Sender:
 
     def _loop(self, run: Run, progress: Progress, on_progress) -> str | None:
         pending = self.ledger.in_flight(run.id)  # first what a stop left in flight
+        leased_until = time.monotonic() + LEASE_SECONDS  # send() took the lease
         while True:
             if self.stopping.is_set():
                 return "paused by the user"
             batch = pending.pop(0) if pending else self.ledger.claim(run.id, self.batch_size)
             if batch is None:
                 return None
-            self.ledger.acquire(run.id, LEASE_SECONDS)
+            if time.monotonic() > leased_until - LEASE_SECONDS / 2:  # renew well before it runs out
+                self.ledger.acquire(run.id, LEASE_SECONDS)
+                leased_until = time.monotonic() + LEASE_SECONDS
             progress.skipped += batch.skipped
             if not batch.recipients:
                 continue

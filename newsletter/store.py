@@ -195,6 +195,28 @@ def insert_many(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
     conn.exec_driver_sql(str(compiled), params)
 
 
+def update_many(conn: sa.Connection, statement, rows: list[dict]) -> None:
+    """An executemany of `statement` (with bindparams named as the keys of `rows`) handed to the
+    driver directly, its parameters processed once per distinct value as in `insert_many`."""
+    if not rows:
+        return
+    compiled = statement.compile(dialect=conn.dialect)
+    if not compiled.positional:  # PostgreSQL's driver is quick enough through SQLAlchemy
+        conn.execute(statement, rows)
+        return
+    order = list(compiled.positiontup)
+    constants = compiled.params  # the statement's own literal values
+    columns = []
+    for key in order:
+        values = [row[key] for row in rows] if key in rows[0] else [constants[key]] * len(rows)
+        process = compiled.binds[key].type._cached_bind_processor(conn.dialect)
+        if process is not None:
+            memo = {v: process(v) for v in set(values) if v is not None} | {None: None}
+            values = [memo[v] for v in values]
+        columns.append(values)
+    conn.exec_driver_sql(str(compiled), list(zip(*columns)))
+
+
 def _safe_url(url: str) -> str:
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)

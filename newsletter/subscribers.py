@@ -324,6 +324,26 @@ class Subscribers:
                 yield _reader(row, slugs.get(row["id"], ()))
             last_id = ids[-1]
 
+    def active_categories(self) -> Iterator[tuple[int, tuple[str, ...]]]:
+        """(reader id, categories) of every active reader in id order: what a send needs, streamed
+        by two ordered queries merged, without building whole readers."""
+        active = readers.c.status == Status.ACTIVE.value
+        with self.engine.connect() as ids_conn, self.engine.connect() as cats_conn:
+            ids = ids_conn.execution_options(yield_per=5000).execute(
+                sa.select(readers.c.id).where(active).order_by(readers.c.id))
+            cats = cats_conn.execution_options(yield_per=5000).execute(
+                sa.select(reader_categories.c.reader_id, reader_categories.c.category)
+                .join(readers, readers.c.id == reader_categories.c.reader_id).where(active)
+                .order_by(reader_categories.c.reader_id, reader_categories.c.category))
+            pending = next(cats, None)
+            for (reader_id,) in ids:
+                slugs = []
+                while pending is not None and pending[0] <= reader_id:
+                    if pending[0] == reader_id:
+                        slugs.append(pending[1])
+                    pending = next(cats, None)
+                yield reader_id, tuple(slugs)
+
     def counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """Readers per status, and active readers per category."""
         with self.engine.connect() as conn:

@@ -119,6 +119,7 @@ class FakeResend:
 class _Handler(BaseHTTPRequestHandler):
     state: State
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # keep-alive answers must not wait for a delayed ACK
 
     def log_message(self, *args) -> None:
         pass

