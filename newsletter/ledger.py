@@ -216,8 +216,11 @@ class Ledger:
                     continue
                 ids = [r.id for r in active]
                 key = f"nl-{run_id}-{hashlib.sha256(','.join(map(str, ids)).encode()).hexdigest()[:24]}"
-                conn.execute(sa.update(deliveries).where(deliveries.c.id.in_(ids)).values(
-                    state=State.SENDING.value, batch_key=key, updated_at=now))
+                # Every queued delivery up to the last one read is in this batch (the readers who
+                # left were just marked skipped, and the lease keeps other senders out).
+                conn.execute(sa.update(deliveries).where(
+                    deliveries.c.run_id == run_id, deliveries.c.state == State.QUEUED.value,
+                    deliveries.c.id <= ids[-1]).values(state=State.SENDING.value, batch_key=key, updated_at=now))
                 return Batch(key, [Recipient(r.id, r.email, r.name, r.token, r.variant) for r in active],
                              skipped=skipped_total)
 
