@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cli import App, cli, pass_app, plural
+from .cli import App, cli, pass_app, plural, shown_path
 from .digest import load_digest
 from .errors import ExitCode, SendError
 from .ledger import Ledger, Run, RunStatus
@@ -33,7 +33,7 @@ def describe_variant(app: App, key: str) -> str:
 
 def provider_for(app: App):
     if app.settings.provider is None:
-        click.echo(f"no provider configured: writing .eml files to {app.settings.outbox_dir} "
+        click.echo(f"no provider configured: writing .eml files to {shown_path(app.settings.outbox_dir)} "
                    "(set provider in newsletter.toml to send for real)", err=True)
     return make_provider(app.settings)
 

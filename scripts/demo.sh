@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# Install newsletter, check the example digest and render it: the full email, one reader's
-# variant and the plain-text part.
+# Install newsletter, check and render the example digest, then send it to five demo readers
+# through the outbox provider: every email lands as an .eml file, no account needed.
 set -euo pipefail
 source "$(dirname "$0")/bootstrap.sh"
 DIGEST=digests/2026-04-22-open-models-weekly.md
+DEMO=out/demo
+rm -rf "$DEMO"
+# The demo keeps its own database and outbox, so it never touches a real list.
+export NEWSLETTER_DATABASE_URL="sqlite:///$DEMO/subscribers.db" NEWSLETTER_OUTBOX_DIR="$DEMO/outbox"
+mkdir -p "$DEMO"
+
 newsletter check "$DIGEST"
 newsletter preview "$DIGEST"
 newsletter preview "$DIGEST" --categories ai-tech
 newsletter preview "$DIGEST" --text
+newsletter subscribers import digests/demo-readers.csv
+newsletter send "$DIGEST" --yes
 echo
-echo "Open out/2026-04-22-open-models-weekly.html in a browser to read the email,"
-echo "or run: .venv/bin/newsletter preview $DIGEST --serve   (live preview on http://127.0.0.1:8025/)"
+echo "The emails, one .eml file per reader (open one in any mail client):"
+ls -1 "$DEMO/outbox"
+echo
+echo "Rendered previews are in out/. For a live preview that reloads as you edit, run:"
+echo "  .venv/bin/newsletter preview $DIGEST --serve     (then open http://127.0.0.1:8025/)"
