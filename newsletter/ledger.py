@@ -177,12 +177,19 @@ class Ledger:
                 .select_from(deliveries.outerjoin(readers, readers.c.id == deliveries.c.reader_id))
                 .where(deliveries.c.run_id == run_id, deliveries.c.state == State.SENDING.value)
                 .order_by(deliveries.c.id)).all()
+            erased: list[int] = []
             for row in rows:
-                if row.updated_at < now - KEY_LIFETIME or row.email is None:
+                if row.email is None:
+                    erased.append(row.id)
+                    continue
+                if row.updated_at < now - KEY_LIFETIME:
                     stale.append(row.id)
                     continue
                 batch = batches.setdefault(row.batch_key, Batch(row.batch_key, [], resumed=True))
                 batch.recipients.append(Recipient(row.id, row.email, row.name, row.token, row.variant))
+            if erased:
+                conn.execute(sa.update(deliveries).where(deliveries.c.id.in_(erased)).values(
+                    state=State.SKIPPED.value, reason="the reader was erased", updated_at=now))
             if stale:
                 conn.execute(sa.update(deliveries).where(deliveries.c.id.in_(stale)).values(
                     state=State.FAILED.value, updated_at=now,

@@ -267,8 +267,9 @@ class Sender:
         """Send one batch until the provider answers; the reason to pause if it will not."""
         rate_limited = 0
         while True:
-            self.throttle.wait(self.stopping)
-            if self.stopping.is_set() and (self.failures or rate_limited):
+            retrying = bool(self.failures or rate_limited)
+            self.throttle.wait(self.stopping if retrying else None)  # a first attempt always goes out
+            if self.stopping.is_set() and retrying:
                 # Stopped while waiting to retry: the batch stays in flight and goes out on resume.
                 return "paused by the user"
             progress.requests += 1
