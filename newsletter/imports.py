@@ -47,10 +47,21 @@ class Row:
         if self.name:
             self.name = self.name[:200]
         if self.consent_ip:
-            try:
-                self.consent_ip = str(ipaddress.ip_address(self.consent_ip.strip()))
-            except ValueError:
-                self.consent_ip = None
+            self.consent_ip = _ip(self.consent_ip)
+
+
+IPV4_RE = re.compile(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}")
+
+
+def _ip(text: str) -> str | None:
+    """The address in its standard form, or None if it is not one (it is only a record)."""
+    text = text.strip()
+    if IPV4_RE.fullmatch(text):  # the usual case, without ipaddress's slower parse
+        return text
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 # -- formats ------------------------------------------------------------------------------------

@@ -77,19 +77,27 @@ def test_resume_refuses_what_it_cannot_do(cli):
     assert result.code == 1 and "run 1 is finished" in result.err
 
 
-def test_killed_mid_send_then_resumed_delivers_exactly_once(db_url, fake_resend, session_settings, tmp_path):
-    """The real thing: SIGKILL in the middle of a send, then `newsletter resume`."""
-    subs = Subscribers.open(db_url, session_settings.categories)
-    readers = [f"k{i:03d}@example.com" for i in range(120)]
+COMMAND = [sys.executable, "-m", "newsletter"]
+
+
+def real_send(db_url, fake, settings, readers: list[str], rate: int) -> tuple[dict, subprocess.Popen]:
+    """Readers in the database, and `newsletter send --yes` running in a process of its own."""
+    subs = Subscribers.open(db_url, settings.categories)
     for i, email in enumerate(readers):
         subs.add(email, categories=[("ai-tech",), ("essays",), ()][i % 3], consent=Consent(ConsentMethod.CLI))
     subs.close()
     env = dict(os.environ, NEWSLETTER_CONFIG=str(ROOT / "newsletter.toml"), NEWSLETTER_DATABASE_URL=db_url,
-               NEWSLETTER_PROVIDER="resend", NEWSLETTER_SEND_RATE="8", NEWSLETTER_BATCH_SIZE="5",
-               RESEND_API_KEY=fake_resend.state.api_key, RESEND_API_URL=fake_resend.url)
-    command = [sys.executable, "-m", "newsletter"]
-    process = subprocess.Popen([*command, "send", str(EXAMPLE), "--yes"], env=env, cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               NEWSLETTER_PROVIDER="resend", NEWSLETTER_SEND_RATE=str(rate), NEWSLETTER_BATCH_SIZE="5",
+               RESEND_API_KEY=fake.state.api_key, RESEND_API_URL=fake.url)
+    process = subprocess.Popen([*COMMAND, "send", str(EXAMPLE), "--yes"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    return env, process
+
+
+def test_killed_mid_send_then_resumed_delivers_exactly_once(db_url, fake_resend, session_settings, tmp_path):
+    """The real thing: SIGKILL in the middle of a send, then `newsletter resume`."""
+    readers = [f"k{i:03d}@example.com" for i in range(120)]
+    env, process = real_send(db_url, fake_resend, session_settings, readers, rate=8)
     deadline = time.monotonic() + 30
     while sum(fake_resend.addresses().values()) < 30 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -98,25 +106,16 @@ def test_killed_mid_send_then_resumed_delivers_exactly_once(db_url, fake_resend,
     delivered = sum(fake_resend.addresses().values())
     assert 30 <= delivered < len(readers)
 
-    result = subprocess.run([*command, "resume", "1", "--yes"], env=env, cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([*COMMAND, "resume", "1", "--yes"], env=env, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     assert "run 1 finished" in result.stdout
     assert fake_resend.addresses() == Counter({email: 1 for email in readers})
 
 
-def test_ctrl_c_pauses_and_resume_finishes(db_url, fake_resend, session_settings, tmp_path):
-    subs = Subscribers.open(db_url, session_settings.categories)
+def test_ctrl_c_pauses_and_resume_finishes(db_url, fake_resend, session_settings):
     readers = [f"c{i:03d}@example.com" for i in range(60)]
-    for email in readers:
-        subs.add(email, consent=Consent(ConsentMethod.CLI))
-    subs.close()
-    env = dict(os.environ, NEWSLETTER_CONFIG=str(ROOT / "newsletter.toml"), NEWSLETTER_DATABASE_URL=db_url,
-               NEWSLETTER_PROVIDER="resend", NEWSLETTER_SEND_RATE="4", NEWSLETTER_BATCH_SIZE="5",
-               RESEND_API_KEY=fake_resend.state.api_key, RESEND_API_URL=fake_resend.url)
-    command = [sys.executable, "-m", "newsletter"]
-    process = subprocess.Popen([*command, "send", str(EXAMPLE), "--yes"], env=env, cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env, process = real_send(db_url, fake_resend, session_settings, readers, rate=4)
     while sum(fake_resend.addresses().values()) < 10:
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
@@ -125,9 +124,9 @@ def test_ctrl_c_pauses_and_resume_finishes(db_url, fake_resend, session_settings
     assert "pausing after the batch in flight" in err and "Resume with `newsletter resume 1`" in err
     assert "Traceback" not in err
     assert sum(fake_resend.addresses().values()) < len(readers)
-    listed = subprocess.run([*command, "runs"], env=env, cwd=tmp_path, capture_output=True, text=True).stdout
+    listed = subprocess.run([*COMMAND, "runs"], env=env, capture_output=True, text=True).stdout
     assert "paused" in listed
-    result = subprocess.run([*command, "resume", "1", "--yes"], env=env, cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([*COMMAND, "resume", "1", "--yes"], env=env, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     assert fake_resend.addresses() == Counter({email: 1 for email in readers})
