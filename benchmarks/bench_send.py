@@ -50,7 +50,7 @@ def populate(db_url: str, count: int) -> None:
     subs.close()
 
 
-def start_fake(rate: float | None) -> tuple[subprocess.Popen, str]:
+def start_fake(rate: float | None, parse: bool = True) -> tuple[subprocess.Popen, str]:
     import socket
 
     with socket.socket() as probe:
@@ -59,6 +59,8 @@ def start_fake(rate: float | None) -> tuple[subprocess.Popen, str]:
     args = [sys.executable, str(ROOT / "tests" / "fake_resend.py"), "--port", str(port)]
     if rate:
         args += ["--rate", str(rate)]
+    if not parse:
+        args += ["--no-parse"]
     fake = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     fake.stdout.readline()  # "fake Resend on ..."
     return fake, f"http://127.0.0.1:{port}"
@@ -177,6 +179,18 @@ def main() -> None:
         print(f"    of which inside the resend SDK call (JSON encoding, HTTP, the fake decoding "
               f"{a['bytes_per_email'] / 1024:.0f} KB per email): {a['provider']:.1f} s; the engine's own work "
               f"(snapshot, ledger, rendering, personalizing): {own:.1f} s = {sent / own:,.0f} emails/s")
+
+        db_url = f"sqlite:///{tmp}/a2.db"  # the ceiling: a server that answers without decoding
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
+                        f"import bench_send; bench_send.populate({db_url!r}, {args.readers})"], check=True)
+        fake, url = start_fake(None, parse=False)
+        try:
+            c = measure(db_url, url, 1e6)
+        finally:
+            fake.terminate()
+        print(f"    the same against a server that answers without decoding the requests: "
+              f"{c['counts']['sent'] / c['seconds']:,.0f} emails/s end to end, {c['provider']:.1f} s inside the "
+              f"SDK call: what JSON over HTTP through the SDK allows this client on this machine")
 
         db_url = f"sqlite:///{tmp}/b.db"
         subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "

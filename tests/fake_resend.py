@@ -57,6 +57,7 @@ class State:
     api_key: str = "re_test_key"
     rate: float | None = None  # requests per second; None: unlimited
     keep_bodies: bool = True  # False for benchmarks: count deliveries, keep no content
+    parse: bool = True  # False: answer without decoding the body (to measure the client alone)
     switches: Switches = field(default_factory=Switches)
     deliveries: list[Delivery] = field(default_factory=list)
     per_address: Counter = field(default_factory=Counter)
@@ -72,8 +73,9 @@ class State:
 class FakeResend:
     """The server; `start()` runs it in a thread. `refuse()`/`accept()` close and reopen its port."""
 
-    def __init__(self, port: int = 0, *, rate: float | None = None, keep_bodies: bool = True):
-        self.state = State(rate=rate, keep_bodies=keep_bodies)
+    def __init__(self, port: int = 0, *, rate: float | None = None, keep_bodies: bool = True,
+                 parse: bool = True):
+        self.state = State(rate=rate, keep_bodies=keep_bodies, parse=parse)
         self.port = port
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -170,6 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
                                                 "still in progress."))
             if key is not None:
                 state.in_progress.add(key)
+        if not state.parse:  # one id per email, found without decoding anything
+            return self._answer(200, {"data": [{"id": str(uuid.uuid4())} for _ in range(raw.count(b'"subject"'))]})
         try:
             if fail:
                 return self._answer(500, _error(500, "internal_server_error", "An unexpected error occurred."))
@@ -308,8 +312,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8787)
     parser.add_argument("--rate", type=float, default=None, help="requests per second (default: no limit)")
     parser.add_argument("--keep-bodies", action="store_true", help="keep every email's content")
+    parser.add_argument("--no-parse", action="store_true",
+                        help="answer without decoding requests: measures what a client alone can do")
     args = parser.parse_args()
-    server = FakeResend(args.port, rate=args.rate, keep_bodies=args.keep_bodies).start()
+    server = FakeResend(args.port, rate=args.rate, keep_bodies=args.keep_bodies, parse=not args.no_parse).start()
     print(f"fake Resend on {server.url}", flush=True)
     try:
         while True:
