@@ -71,7 +71,7 @@ def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...
     if not yes:
         click.confirm(f"Send \"{digest.title}\" to {plural(len(due.recipients), 'reader')}?", abort=True)
     provider = provider_for(app)
-    run, _ = open_run(ledger, digest, app.subscribers, provider.name, again=again)
+    run, _ = open_run(ledger, digest, app.subscribers, provider.name, again=again, due=due)
     click.echo(f"run {run.id} started")
     deliver(app, ledger, provider, run, digest, renderer)
 

@@ -145,10 +145,10 @@ def check_new_run(ledger: Ledger, digest: Digest, *, again: bool = False) -> Non
 
 
 def open_run(ledger: Ledger, digest: Digest, subscribers: Subscribers, provider: str, *,
-             again: bool = False) -> tuple[Run, Plan]:
-    """A new run of `digest` with a snapshot of who is due (see `check_new_run`)."""
+             again: bool = False, due: Plan | None = None) -> tuple[Run, Plan]:
+    """A new run of `digest` with a snapshot of who is due (`due`, if already planned)."""
     check_new_run(ledger, digest, again=again)
-    due = plan(digest, subscribers)
+    due = due or plan(digest, subscribers)
     if not due.recipients:
         raise SendError("no active reader is due for this issue (see `newsletter subscribers count`)")
     run = ledger.create_run(issue=digest.slug, digest_path=str(digest.path),
