@@ -98,10 +98,12 @@ def child_send(db_url: str, api_url: str, rate: str) -> None:
     variants = render_variants(Renderer(settings), digest, ledger.variants(run.id))
     provider = make_provider(settings)
     in_provider = [0.0]
+    starts: list[float] = []
     real_send = provider.send
 
     def timed_send(messages, key):  # time inside the SDK call: encoding, HTTP, the fake's work
         start = time.perf_counter()
+        starts.append(start)
         try:
             return real_send(messages, key)
         finally:
@@ -113,7 +115,8 @@ def child_send(db_url: str, api_url: str, rate: str) -> None:
     run = sender.send(run, on_progress=lambda p: progress.update(requests=p.requests, retries=p.retries))
     done = time.perf_counter()
     print(json.dumps({"seconds": done - started, "plan": planned - started, "render": sending - planned,
-                      "send": done - sending, "provider": in_provider[0], "status": run.status.value, "counts": ledger.counts(run.id),
+                      "send": done - sending, "provider": in_provider[0],
+                      "request_rate": (len(starts) - 1) / (starts[-1] - starts[0]) if len(starts) > 1 else 0.0, "status": run.status.value, "counts": ledger.counts(run.id),
                       "variants": len(variants), "peak": peak_mb(),
                       "bytes_per_email": statistics.mean(v.size for v in variants.values()), **progress}))
 
@@ -207,7 +210,7 @@ def main() -> None:
             seen = stats(url)
         finally:
             fake.terminate()
-        achieved = b["requests"] / b["send"]
+        achieved = b["request_rate"]  # requests started per second, first to last
         refused = seen["requests"].get("429", 0)
         print(f"(b) {args.limited:,} readers against a limit of 5 requests/s: {achieved:.2f} requests/s = "
               f"{achieved / 5:.0%} of the limit (goal at least 95%), {b['counts']['sent'] / b['send']:,.0f} "
