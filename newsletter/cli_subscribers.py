@@ -15,8 +15,8 @@ from rich.table import Table
 from .cli import App, cli, pass_app, shown_path
 from .imports import FORMATS, import_csv
 from .files import atomic_writer
-from .store import current_revision, head_revision, open_engine
-from .subscribers import EXPORT_COLUMNS, Consent, ConsentMethod, Status
+from .store import current_revision, database_exists, head_revision, open_engine
+from .subscribers import EXPORT_COLUMNS, Consent, ConsentMethod, Status, Subscribers
 
 STATUS = click.Choice([s.value for s in Status])
 
@@ -175,7 +175,12 @@ def import_(app: App, file: Path, fmt: str, email_column: str | None, map_tags: 
     with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("import", total=None)
-        summary = import_csv(app.subscribers, file, fmt=None if fmt == "auto" else fmt,
+        if dry_run and not database_exists(app.settings.database_url):
+            # Nothing to compare with, and a dry run must not create the database: an empty one in memory.
+            store = Subscribers.open("sqlite://", app.settings.categories)
+        else:
+            store = app.subscribers
+        summary = import_csv(store, file, fmt=None if fmt == "auto" else fmt,
                              email_column=email_column, map_tags=mapping,
                              categories=split_slugs(categories), dry_run=dry_run,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))

@@ -224,6 +224,14 @@ def _safe_url(url: str) -> str:
         return "(unparseable)"
 
 
+def database_exists(url: str) -> bool:
+    """False only for an SQLite file that is not there yet (other databases are created by hand)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return True
+    return Path(parsed.database).exists()
+
+
 # -- migrations ---------------------------------------------------------------------------------
 
 def _alembic_config(connection: sa.Connection):

@@ -127,3 +127,11 @@ def test_unwritable_output_is_one_line(run, tmp_path):
     result = run("preview", "digests/2026-04-22-open-models-weekly.md", "--out", blocker / "x.html")
     assert result.code == 1 and len(result.err.strip().splitlines()) == 1
     assert result.err.startswith(f"error: {blocker}")
+
+
+def test_dry_run_import_creates_no_database(run, monkeypatch, tmp_path):
+    db = tmp_path / "new.db"
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{db}")
+    result = run("subscribers", "import", DATA / "generic.csv", "--dry-run")
+    assert result.code == 0 and "would add 8" in result.out
+    assert not db.exists()
