@@ -93,7 +93,7 @@ def child_send(db_url: str, api_url: str, rate: str) -> None:
     started = time.perf_counter()
     digest = load_digest(DIGEST, settings)
     ledger = Ledger(subs.engine)
-    run, due = open_run(ledger, digest, subs, "resend")
+    run, due = open_run(ledger, digest, subs, "resend", settings)
     planned = time.perf_counter()
     variants = render_variants(Renderer(settings), digest, ledger.variants(run.id))
     provider = make_provider(settings)

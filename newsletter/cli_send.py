@@ -71,7 +71,7 @@ def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...
     if not yes:
         click.confirm(f"Send \"{digest.title}\" to {plural(len(due.recipients), 'reader')}?", abort=True)
     provider = provider_for(app)
-    run, _ = open_run(ledger, digest, app.subscribers, provider.name, again=again, due=due)
+    run, _ = open_run(ledger, digest, app.subscribers, provider.name, settings, again=again, due=due)
     click.echo(f"run {run.id} started")
     deliver(app, ledger, provider, run, digest, renderer)
 
@@ -159,6 +159,10 @@ def report(ledger: Ledger, run: Run, seconds: float) -> None:
         raise SystemExit(ExitCode.INTERRUPTED if run.reason == "paused by the user" else ExitCode.ERROR)
     if run.status == RunStatus.FINISHED:
         click.echo(f"run {run.id} finished")
+    elif run.status == RunStatus.SENDING:  # stopped without finishing, e.g. another process took over
+        click.secho(f"run {run.id} is not finished. Resume with `newsletter resume {run.id}`",
+                    fg="yellow", err=True)
+        raise SystemExit(ExitCode.ERROR)
 
 
 @cli.command()
@@ -172,7 +176,7 @@ def resume(app: App, run_id: int, yes: bool) -> None:
     if run.status == RunStatus.FINISHED:
         raise SendError(f"run {run.id} is finished; to send {run.issue} again use `newsletter send --again`")
     digest = load_digest(run.digest_path, app.settings)
-    check_unchanged(run, digest)
+    check_unchanged(run, digest, app.settings)
     counts = ledger.counts(run.id)
     left = counts["queued"] + counts["sending"]
     if not yes:

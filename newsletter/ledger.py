@@ -46,6 +46,7 @@ class Run:
     issue: str
     digest_path: str
     digest_sha256: str
+    settings_sha256: str | None
     subject: str
     provider: str
     status: RunStatus
@@ -84,23 +85,27 @@ class Ledger:
 
     # -- runs ------------------------------------------------------------------------------------
 
-    def create_run(self, *, issue: str, digest_path: str, digest_sha256: str, subject: str,
-                   provider: str, recipients: Iterable[tuple[int, str]]) -> Run:
+    def create_run(self, *, issue: str, digest_path: str, digest_sha256: str, settings_sha256: str,
+                   subject: str, provider: str, recipients: Iterable[tuple[int, str]]) -> Run:
         """A run and one queued delivery per (reader id, variant), in one transaction."""
         now = utcnow()
-        with self.engine.begin() as conn:
-            run_id = conn.execute(sa.insert(send_runs).values(
-                issue=issue, digest_path=digest_path, digest_sha256=digest_sha256, subject=subject,
-                provider=provider, status=RunStatus.SENDING.value, created_at=now,
-                updated_at=now)).inserted_primary_key[0]
-            chunk: list[dict] = []
-            for reader_id, variant in recipients:
-                chunk.append({"run_id": run_id, "reader_id": reader_id, "variant": variant,
-                              "state": State.QUEUED.value, "attempts": 0, "updated_at": now})
-                if len(chunk) == 5000:
-                    insert_many(conn, deliveries, chunk)
-                    chunk = []
-            insert_many(conn, deliveries, chunk)
+        try:
+            with self.engine.begin() as conn:
+                run_id = conn.execute(sa.insert(send_runs).values(
+                    issue=issue, digest_path=digest_path, digest_sha256=digest_sha256,
+                    settings_sha256=settings_sha256, subject=subject, provider=provider,
+                    status=RunStatus.SENDING.value, created_at=now, updated_at=now)).inserted_primary_key[0]
+                chunk: list[dict] = []
+                for reader_id, variant in recipients:
+                    chunk.append({"run_id": run_id, "reader_id": reader_id, "variant": variant,
+                                  "state": State.QUEUED.value, "attempts": 0, "updated_at": now})
+                    if len(chunk) == 5000:
+                        insert_many(conn, deliveries, chunk)
+                        chunk = []
+                insert_many(conn, deliveries, chunk)
+        except sa.exc.IntegrityError:  # the unique index on unfinished runs of an issue
+            raise SendError(f"another run of {issue} was started at the same moment; see "
+                            "`newsletter runs`") from None
         return self.run(run_id)
 
     def run(self, run_id: int) -> Run:
@@ -137,10 +142,12 @@ class Ledger:
             if not taken:
                 owner, until = conn.execute(sa.select(send_runs.c.lease_owner, send_runs.c.lease_until)
                                             .where(send_runs.c.id == run_id)).one()
-                if _dead_here(owner):  # a process of this machine that crashed: take over
-                    conn.execute(sa.update(send_runs).where(send_runs.c.id == run_id).values(
-                        lease_owner=self.owner, lease_until=now + dt.timedelta(seconds=seconds)))
-                    return
+                if _dead_here(owner):  # a process of this machine that crashed: take over, once
+                    taken = conn.execute(sa.update(send_runs).where(
+                        send_runs.c.id == run_id, send_runs.c.lease_owner == owner).values(
+                        lease_owner=self.owner, lease_until=now + dt.timedelta(seconds=seconds))).rowcount
+                    if taken:
+                        return
                 raise SendError(f"run {run_id} is being sent by {owner} (lease until "
                                 f"{until:%H:%M:%S} UTC); wait for it or stop it there")
 
@@ -171,9 +178,11 @@ class Ledger:
         batches: dict[str, Batch] = {}
         stale: list[int] = []
         with self.engine.begin() as conn:
+            # The address and token the batch went out with, not the reader's current ones: the
+            # same request again is what makes the idempotency key work.
             rows = conn.execute(
                 sa.select(deliveries.c.id, deliveries.c.batch_key, deliveries.c.variant,
-                          deliveries.c.updated_at, readers.c.email, readers.c.name, readers.c.token)
+                          deliveries.c.updated_at, deliveries.c.email, readers.c.name, deliveries.c.token)
                 .select_from(deliveries.outerjoin(readers, readers.c.id == deliveries.c.reader_id))
                 .where(deliveries.c.run_id == run_id, deliveries.c.state == State.SENDING.value)
                 .order_by(deliveries.c.id)).all()
@@ -224,10 +233,16 @@ class Ledger:
                 ids = [r.id for r in active]
                 key = f"nl-{run_id}-{hashlib.sha256(','.join(map(str, ids)).encode()).hexdigest()[:24]}"
                 # Every queued delivery up to the last one read is in this batch (the readers who
-                # left were just marked skipped, and the lease keeps other senders out).
-                conn.execute(sa.update(deliveries).where(
+                # left were just marked skipped). Each keeps the address and token it goes out with.
+                claimed = conn.execute(sa.update(deliveries).where(
                     deliveries.c.run_id == run_id, deliveries.c.state == State.QUEUED.value,
-                    deliveries.c.id <= ids[-1]).values(state=State.SENDING.value, batch_key=key, updated_at=now))
+                    deliveries.c.id <= ids[-1]).values(
+                    state=State.SENDING.value, batch_key=key, updated_at=now,
+                    email=sa.select(readers.c.email).where(readers.c.id == deliveries.c.reader_id).scalar_subquery(),
+                    token=sa.select(readers.c.token).where(readers.c.id == deliveries.c.reader_id).scalar_subquery(),
+                )).rowcount
+                if claimed != len(ids):  # another sender got here first: never send what it took
+                    raise SendError(f"another process is sending run {run_id}; this one stops")
                 return Batch(key, [Recipient(r.id, r.email, r.name, r.token, r.variant) for r in active],
                              skipped=skipped_total)
 
@@ -239,29 +254,39 @@ class Ledger:
         for recipient, outcome in zip(batch.recipients, outcomes, strict=True):
             if outcome.ok:
                 sent.append({"i": recipient.delivery_id, "m": outcome.message_id})
-            elif outcome.retry:
-                again.append({"i": recipient.delivery_id, "r": outcome.error})
+            elif outcome.retry:  # a message never tried does not use up an attempt
+                again.append({"i": recipient.delivery_id, "r": outcome.error, "n": int(outcome.tried)})
             else:
                 failed.append({"i": recipient.delivery_id, "r": outcome.error})
         with self.engine.begin() as conn:
             where = deliveries.c.id == sa.bindparam("i")
+            answered = {"email": None, "token": None, "batch_key": None}  # no longer in flight
             if sent:  # the common case, and the hot path: straight to the driver
                 update_many(conn, sa.update(deliveries).where(where).values(
-                    state=State.SENT.value, message_id=sa.bindparam("m"), reason=None,
-                    updated_at=sa.bindparam("now")), [dict(row, now=now) for row in sent])
+                    state=State.SENT.value, message_id=sa.bindparam("m"), reason=None, email=None,
+                    token=None, updated_at=sa.bindparam("now")), [dict(row, now=now) for row in sent])
             if failed:
                 conn.execute(sa.update(deliveries).where(where).values(
-                    state=State.FAILED.value, reason=sa.bindparam("r"), updated_at=now), failed)
+                    state=State.FAILED.value, reason=sa.bindparam("r"), updated_at=now, **answered), failed)
             if again:
                 conn.execute(sa.update(deliveries).where(where).values(
-                    attempts=deliveries.c.attempts + 1, reason=sa.bindparam("r"), updated_at=now,
-                    state=sa.case((deliveries.c.attempts + 1 >= MAX_ATTEMPTS, State.FAILED.value),
+                    attempts=deliveries.c.attempts + sa.bindparam("n"), reason=sa.bindparam("r"),
+                    updated_at=now, **answered,
+                    state=sa.case((deliveries.c.attempts + sa.bindparam("n") >= MAX_ATTEMPTS, State.FAILED.value),
                                   else_=State.QUEUED.value)), again)
                 failed_now = conn.execute(sa.select(sa.func.count()).where(
                     deliveries.c.id.in_([a["i"] for a in again]),
                     deliveries.c.state == State.FAILED.value)).scalar()
                 return len(sent), len(failed) + failed_now
         return len(sent), len(failed)
+
+    def requeue(self, batch: Batch) -> None:
+        """Back to the queue: the provider refused the whole request, so nothing was delivered."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(deliveries).where(
+                deliveries.c.id.in_([r.delivery_id for r in batch.recipients]),
+                deliveries.c.state == State.SENDING.value).values(
+                state=State.QUEUED.value, batch_key=None, email=None, token=None, updated_at=utcnow()))
 
     def problems(self, run_id: int, limit: int = 1000) -> list[tuple[str | None, str, str | None]]:
         """(email, state, reason) of the deliveries that failed or were skipped."""
@@ -295,6 +320,7 @@ def _dead_here(owner: str | None) -> bool:
 
 def _run(row) -> Run:
     return Run(id=row["id"], issue=row["issue"], digest_path=row["digest_path"],
-               digest_sha256=row["digest_sha256"], subject=row["subject"], provider=row["provider"],
+               digest_sha256=row["digest_sha256"], settings_sha256=row["settings_sha256"],
+               subject=row["subject"], provider=row["provider"],
                status=RunStatus(row["status"]), reason=row["reason"], created_at=row["created_at"],
                finished_at=row["finished_at"])

@@ -99,6 +99,12 @@ def digest_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def settings_sha256(settings: Settings) -> str:
+    """What of the settings goes into every message: a batch sent again must be the same request."""
+    parts = [settings.name, settings.sender, settings.reply_to or "", settings.base_url]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
 # -- messages -----------------------------------------------------------------------------------
 
 class Composer:
@@ -144,25 +150,29 @@ def check_new_run(ledger: Ledger, digest: Digest, *, again: bool = False) -> Non
                         f"{r.finished_at:%Y-%m-%d %H:%M} UTC); send it again with --again")
 
 
-def open_run(ledger: Ledger, digest: Digest, subscribers: Subscribers, provider: str, *,
-             again: bool = False, due: Plan | None = None) -> tuple[Run, Plan]:
+def open_run(ledger: Ledger, digest: Digest, subscribers: Subscribers, provider: str, settings: Settings,
+             *, again: bool = False, due: Plan | None = None) -> tuple[Run, Plan]:
     """A new run of `digest` with a snapshot of who is due (`due`, if already planned)."""
     check_new_run(ledger, digest, again=again)
     due = due or plan(digest, subscribers)
     if not due.recipients:
         raise SendError("no active reader is due for this issue (see `newsletter subscribers count`)")
     run = ledger.create_run(issue=digest.slug, digest_path=str(digest.path),
-                            digest_sha256=digest_sha256(digest.path), subject=digest.title,
+                            digest_sha256=digest_sha256(digest.path),
+                            settings_sha256=settings_sha256(settings), subject=digest.title,
                             provider=provider, recipients=due.recipients)
     return run, due
 
 
-def check_unchanged(run: Run, digest: Digest) -> None:
-    """A run resumes only with the digest it started with: every reader gets the same issue,
-    and a batch sent again must be the same request."""
+def check_unchanged(run: Run, digest: Digest, settings: Settings) -> None:
+    """A run resumes only with the digest and the sender settings it started with: every reader
+    gets the same issue, and a batch sent again must be the same request."""
     if digest_sha256(digest.path) != run.digest_sha256:
         raise SendError(f"{digest.path} changed since run {run.id} started; restore that version "
                         "to resume (its readers must get what the others got)")
+    if run.settings_sha256 and settings_sha256(settings) != run.settings_sha256:
+        raise SendError(f"name, sender, reply_to or base_url changed since run {run.id} started; "
+                        "restore them to resume")
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -243,16 +253,13 @@ class Sender:
 
     def _loop(self, run: Run, progress: Progress, on_progress) -> str | None:
         pending = self.ledger.in_flight(run.id)  # first what a stop left in flight
-        leased_until = time.monotonic() + LEASE_SECONDS  # send() took the lease
+        self.run_id, self.leased_at = run.id, time.monotonic()  # send() took the lease
         while True:
             if self.stopping.is_set():
                 return "paused by the user"
             batch = pending.pop(0) if pending else self.ledger.claim(run.id, self.batch_size)
             if batch is None:
                 return None
-            if time.monotonic() > leased_until - LEASE_SECONDS / 2:  # renew well before it runs out
-                self.ledger.acquire(run.id, LEASE_SECONDS)
-                leased_until = time.monotonic() + LEASE_SECONDS
             progress.skipped += batch.skipped
             if not batch.recipients:
                 continue
@@ -263,15 +270,27 @@ class Sender:
             if on_progress:
                 on_progress(progress)
 
+    def _renew(self) -> None:
+        """Keep the lease while working: retries of one batch can take minutes."""
+        if time.monotonic() - self.leased_at > LEASE_SECONDS / 4:
+            self.ledger.acquire(self.run_id, LEASE_SECONDS)
+            self.leased_at = time.monotonic()
+
     def _deliver(self, batch: Batch, messages: list[Message], progress: Progress) -> str | None:
         """Send one batch until the provider answers; the reason to pause if it will not."""
-        rate_limited = 0
+        rate_limited, unknown = 0, False  # unknown: a request may have been done without an answer
+
+        def refused(reason: str) -> str:
+            if not unknown:  # every attempt was refused as a whole: nothing was delivered
+                self.ledger.requeue(batch)
+            return reason
+
         while True:
             retrying = bool(self.failures or rate_limited)
             self.throttle.wait(self.stopping if retrying else None)  # a first attempt always goes out
             if self.stopping.is_set() and retrying:
-                # Stopped while waiting to retry: the batch stays in flight and goes out on resume.
-                return "paused by the user"
+                return refused("paused by the user")  # in flight only if a request may have got through
+            self._renew()
             progress.requests += 1
             try:
                 result = self.provider.send(messages, batch.key)
@@ -279,25 +298,38 @@ class Sender:
                 rate_limited += 1
                 progress.retries += 1
                 if rate_limited > self.max_failures * 10:
-                    return f"the provider kept refusing for rate limits: {e}"
+                    return refused(f"the provider kept refusing for rate limits: {e}")
                 self.throttle.defer(e.retry_after if e.retry_after is not None else 1.0)
                 continue
             except QuotaExceeded as e:
-                return f"quota exceeded, waiting will not help: {e}"
+                return refused(f"quota exceeded, waiting will not help: {e}")
             except Rejected as e:
-                return f"the provider refused the request: {e}"
+                return refused(f"the provider refused the request: {e}")
             except (Unavailable, ProviderError) as e:
-                self.failures += 1
-                progress.retries += 1
-                if self.failures >= self.max_failures:
+                unknown = True
+                if self._failed(progress):
                     return f"{self.failures} failed requests in a row, last: {e}"
-                delay = min(self.max_delay, self.base_delay * 2 ** (self.failures - 1))
-                self.throttle.defer(delay * (0.5 + self.jitter() / 2))  # jitter: never in lockstep
                 continue
-            self.failures = 0
             sent, failed = self.ledger.record(batch, result.outcomes)
             progress.sent += sent
             progress.failed += failed
+            if result.pause:
+                return result.pause
+            if result.trouble:
+                if self._failed(progress):
+                    return f"{self.failures} failed requests in a row, last: {result.trouble}"
+            else:
+                self.failures = 0
             if result.wait:
                 self.throttle.defer(result.wait)
             return None
+
+    def _failed(self, progress: Progress) -> bool:
+        """Count a failed request and schedule the next with backoff; True: time to pause."""
+        self.failures += 1
+        progress.retries += 1
+        if self.failures >= self.max_failures:
+            return True
+        delay = min(self.max_delay, self.base_delay * 2 ** (self.failures - 1))
+        self.throttle.defer(delay * (0.5 + self.jitter() / 2))  # jitter: never in lockstep
+        return False

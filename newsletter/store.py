@@ -101,10 +101,15 @@ class SendRunRow(Base):
     """One sending of one issue: its deliveries are a snapshot of who was due when it began."""
 
     __tablename__ = "send_runs"
+    # At most one unfinished run per issue: two `send`s at once cannot both start one.
+    __table_args__ = (sa.Index("ux_send_runs_unfinished_issue", "issue", unique=True,
+                               sqlite_where=sa.text("status <> 'finished'"),
+                               postgresql_where=sa.text("status <> 'finished'")),)
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     issue: Mapped[str] = mapped_column(sa.String(200), index=True)  # the digest's file name
     digest_path: Mapped[str] = mapped_column(sa.String(1000))
     digest_sha256: Mapped[str] = mapped_column(sa.String(64))  # resume only the same content
+    settings_sha256: Mapped[str | None] = mapped_column(sa.String(64))  # ... sent the same way
     subject: Mapped[str] = mapped_column(sa.String(998))
     provider: Mapped[str] = mapped_column(sa.String(16))
     status: Mapped[str] = mapped_column(sa.String(16), index=True)
@@ -131,6 +136,10 @@ class DeliveryRow(Base):
     reason: Mapped[str | None] = mapped_column(sa.Text)
     message_id: Mapped[str | None] = mapped_column(sa.String(200))
     batch_key: Mapped[str | None] = mapped_column(sa.String(100), index=True)  # the idempotency key
+    # While a batch is in flight: the address and token it went out with, so that sending it
+    # again after a stop is the very same request (cleared once the provider has answered).
+    email: Mapped[str | None] = mapped_column(sa.String(320))
+    token: Mapped[str | None] = mapped_column(sa.String(64))
     attempts: Mapped[int] = mapped_column(sa.Integer)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 

@@ -25,8 +25,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from .config import Category
 from .errors import SubscriberError
-from .store import (categories, events, open_engine, reader_categories, readers, suppressions,
-                    utcnow)
+from .store import (categories, deliveries, events, open_engine, reader_categories, readers,
+                    suppressions, utcnow)
 
 
 class Status(str, enum.Enum):
@@ -289,6 +289,8 @@ class Subscribers:
             if reader is None:
                 raise SubscriberError(f"no reader with address {address}")
             conn.execute(sa.delete(events).where(events.c.reader_id == reader.id))
+            conn.execute(sa.update(deliveries).where(deliveries.c.reader_id == reader.id)
+                         .values(email=None, token=None))  # a copy kept for a batch in flight
             conn.execute(sa.delete(readers).where(readers.c.id == reader.id))
             conn.execute(sa.insert(suppressions).values(email_hash=email_hash(address),
                                                         reason="forgotten", created_at=utcnow()))

@@ -54,6 +54,14 @@ class Collector:
     def __init__(self):
         self.messages = []
 
+    async def handle_MAIL(self, server, session, envelope, address, options):  # noqa: N802
+        if address.startswith("banned@"):
+            return "550 5.7.1 sender rejected"
+        if address.startswith("busy@"):
+            return "451 4.7.1 too many messages, slow down"
+        envelope.mail_from = address
+        return "250 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, options):  # noqa: N802
         if address.startswith("nobody@"):
             return "550 5.1.1 no such user"
@@ -67,8 +75,8 @@ class Collector:
         return "250 Message accepted"
 
 
-@pytest.fixture
-def smtp_server():
+@pytest.fixture(params=[True])
+def smtp_server(request):
     collector = Collector()
     accounts = {"news": "secret"}
 
@@ -80,7 +88,7 @@ def smtp_server():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     controller = Controller(collector, hostname="127.0.0.1", port=port, authenticator=authenticate,
-                            auth_require_tls=False)
+                            auth_require_tls=False, enable_SMTPUTF8=request.param)
     controller.start()
     yield collector, port
     controller.stop()
@@ -107,3 +115,27 @@ def test_smtp_bad_login_and_no_server(smtp_server):
     with pytest.raises(Unavailable, match="cannot connect to SMTP server"):
         SmtpProvider("127.0.0.1", 1, security="none", timeout=2).send([message("ana@example.com")], "k")
     assert collector.messages == []
+
+
+def test_smtp_refused_sender_stops_the_batch(smtp_server):
+    collector, port = smtp_server
+    for sender, pause, trouble in (("banned@n.example", True, False), ("busy@n.example", False, True)):
+        smtp = SmtpProvider("127.0.0.1", port, security="none")
+        batch = [message("ana@example.com", 1), message("bo@example.com", 2)]
+        for m in batch:
+            m.sender = sender
+        result = smtp.send(batch, "k")
+        assert bool(result.pause) is pause and bool(result.trouble) is trouble
+        assert [(o.ok, o.retry, o.tried) for o in result.outcomes] == [(False, True, False)] * 2
+    assert collector.messages == []
+
+
+@pytest.mark.parametrize("smtp_server", [False], indirect=True)
+def test_smtp_without_smtputf8_fails_only_the_international_address(smtp_server):
+    collector, port = smtp_server
+    smtp = SmtpProvider("127.0.0.1", port, security="none")
+    outcomes = smtp.send([message("ana@example.com", 1), message("jörg@exämple.org", 2),
+                          message("bo@example.com", 3)], "k").outcomes
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert outcomes[1].retry is False
+    assert [to for to, _ in collector.messages] == ["ana@example.com", "bo@example.com"]

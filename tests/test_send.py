@@ -59,7 +59,7 @@ def make_sender(settings, subs, provider=None, ledger=None, **options):
 def start(settings, subs, *, again=False):
     digest = load_digest(EXAMPLE, settings)
     ledger = Ledger(subs.engine)
-    run, due = open_run(ledger, digest, subs, settings.provider, again=again)
+    run, due = open_run(ledger, digest, subs, settings.provider, settings, again=again)
     return digest, ledger, run
 
 
@@ -164,7 +164,7 @@ def test_a_crash_at_any_step_then_resume_delivers_exactly_once(fake_resend, send
 
     fresh = Ledger(subs.engine)  # a new process: new objects, the same database
     run = fresh.run(run.id)
-    check_unchanged(run, digest)
+    check_unchanged(run, digest, send_settings)
     run = sender_for(send_settings, digest, fresh, run).send(run)
     assert run.status == RunStatus.FINISHED
     assert_exactly_once(fake_resend, readers)
@@ -288,10 +288,13 @@ def test_a_changed_digest_cannot_resume(fake_resend, send_settings, subs, reader
     copy.write_text(EXAMPLE.read_text())
     digest = load_digest(copy, send_settings)
     ledger = Ledger(subs.engine)
-    run, _ = open_run(ledger, digest, subs, "resend")
+    run, _ = open_run(ledger, digest, subs, "resend", send_settings)
     copy.write_text(EXAMPLE.read_text().replace("Corrections are always welcome.", "Corrections welcome."))
     with pytest.raises(SendError, match="changed since run .* started"):
-        check_unchanged(run, load_digest(copy, send_settings))
+        check_unchanged(run, load_digest(copy, send_settings), send_settings)
+    copy.write_text(EXAMPLE.read_text())
+    with pytest.raises(SendError, match="sender, reply_to or base_url changed"):
+        check_unchanged(run, digest, send_settings.with_overrides(reply_to="other@example.com"))
 
 
 def test_only_one_process_sends_a_run(fake_resend, send_settings, subs, readers):
@@ -302,3 +305,31 @@ def test_only_one_process_sends_a_run(fake_resend, send_settings, subs, readers)
     with pytest.raises(SendError, match="is being sent by elsewhere:1"):
         sender_for(send_settings, digest, ledger, run).send(run)
     assert sum(fake_resend.addresses().values()) == 0
+
+
+def test_a_refused_batch_goes_back_to_the_queue(fake_resend, send_settings, subs, readers):
+    fake_resend.switches.quota = "monthly"
+    run, ledger = send_all(send_settings, subs)
+    assert run.status == RunStatus.PAUSED
+    counts = ledger.counts(run.id)
+    assert counts["queued"] == len(readers) and counts["sending"] == 0, "nothing is left in doubt"
+
+
+def test_resume_sends_the_same_request_even_if_a_token_changed(fake_resend, send_settings, subs, readers):
+    digest, _, run = start(send_settings, subs)
+    ledger = CrashingLedger(subs.engine, "before record")
+    with pytest.raises(Crash):
+        sender_for(send_settings, digest, ledger, run).send(run)
+    in_flight = [d for d in fake_resend.state.deliveries]
+    subs.rotate_token(in_flight[-1].to)  # between the crash and the resume
+    fresh = Ledger(subs.engine)
+    run = sender_for(send_settings, digest, fresh, fresh.run(run.id)).send(fresh.run(run.id))
+    assert run.status == RunStatus.FINISHED, run.reason
+    assert_exactly_once(fake_resend, readers)
+
+
+def test_two_runs_of_one_issue_cannot_start_together(fake_resend, send_settings, subs, readers):
+    digest, ledger, run = start(send_settings, subs)
+    with pytest.raises(SendError, match="another run of 2026-04-22-open-models-weekly was started"):
+        ledger.create_run(issue=digest.slug, digest_path="x", digest_sha256="x", settings_sha256="x",
+                          subject="s", provider="resend", recipients=[(1, "all")])

@@ -30,12 +30,15 @@ class Outcome:
     message_id: str | None = None
     error: str | None = None
     retry: bool = False  # a temporary refusal of this one message: try it again later
+    tried: bool = True  # False: never offered to the provider (does not use up an attempt)
 
 
 @dataclass
 class BatchResult:
     outcomes: list[Outcome]
     wait: float = 0.0  # seconds the provider asks us to wait before the next request
+    pause: str | None = None  # the provider refused the rest for good (e.g. the sender): pause the run
+    trouble: str | None = None  # a temporary refusal of the rest: back off as for a failed request
 
 
 class Provider(Protocol):

@@ -41,32 +41,44 @@ class SmtpProvider:
     def send(self, messages: list[Message], idempotency_key: str) -> BatchResult:
         server = self._connect()
         outcomes: list[Outcome] = []
+        stop: _Stop | None = None
         try:
             for message in messages:
-                outcomes.append(self._send_one(server, message))
-                if outcomes[-1].retry and "connection" in (outcomes[-1].error or ""):
-                    break  # the connection is gone: the rest are tried again later
+                try:
+                    outcomes.append(self._send_one(server, message))
+                except _Stop as e:
+                    stop = e
+                    break
         finally:
             try:
                 server.quit()
             except (OSError, smtplib.SMTPException):
                 pass
-        outcomes += [Outcome(False, error="not tried: the SMTP connection was lost", retry=True)
+        if stop is None:
+            return BatchResult(outcomes)
+        # The server refused to go on: what it took is recorded, the rest waits, untried.
+        outcomes += [Outcome(False, error=f"not tried: {stop.reason}", retry=True, tried=False)
                      for _ in messages[len(outcomes):]]
-        return BatchResult(outcomes)
+        return BatchResult(outcomes, pause=None if stop.temporary else stop.reason,
+                           trouble=stop.reason if stop.temporary else None)
 
     @staticmethod
     def _send_one(server: smtplib.SMTP, message: Message) -> Outcome:
+        """One message; raises _Stop when the server refuses the session, not the recipient."""
         mail = to_mime(message)
         try:
             refused = server.send_message(mail)
         except smtplib.SMTPRecipientsRefused as e:
             code, text = next(iter(e.recipients.values()))
             return Outcome(False, error=f"{code} {text.decode(errors='replace')}", retry=code < 500)
+        except smtplib.SMTPSenderRefused as e:  # MAIL FROM refused: the same for every reader
+            raise _Stop(f"SMTP server refused the sender: {_reply(e)}", temporary=e.smtp_code < 500) from None
+        except smtplib.SMTPNotSupportedError as e:  # e.g. an international address without SMTPUTF8
+            return Outcome(False, error=f"the SMTP server cannot take this message: {e}")
         except smtplib.SMTPResponseException as e:
             return Outcome(False, error=_reply(e), retry=e.smtp_code < 500)
         except (OSError, smtplib.SMTPServerDisconnected) as e:
-            return Outcome(False, error=f"connection lost: {e}", retry=True)
+            raise _Stop(f"SMTP connection lost: {e}", temporary=True) from None
         if refused:
             code, text = next(iter(refused.values()))
             return Outcome(False, error=f"{code} {text.decode(errors='replace')}", retry=code < 500)
@@ -74,6 +86,12 @@ class SmtpProvider:
 
     def close(self) -> None:
         pass
+
+
+class _Stop(Exception):
+    def __init__(self, reason: str, temporary: bool):
+        super().__init__(reason)
+        self.reason, self.temporary = reason, temporary
 
 
 def _reply(e: smtplib.SMTPResponseException) -> str:
