@@ -68,7 +68,6 @@ class Recipient:
 class Batch:
     key: str  # the idempotency key: the run and the deliveries, so a retry is the same request
     recipients: list[Recipient]
-    resumed: bool = False  # found in flight after a stop
     skipped: int = 0  # deliveries skipped while claiming it (readers who left)
 
 
@@ -194,7 +193,7 @@ class Ledger:
                 if row.updated_at < now - KEY_LIFETIME:
                     stale.append(row.id)
                     continue
-                batch = batches.setdefault(row.batch_key, Batch(row.batch_key, [], resumed=True))
+                batch = batches.setdefault(row.batch_key, Batch(row.batch_key, []))
                 batch.recipients.append(Recipient(row.id, row.email, row.name, row.token, row.variant))
             if erased:
                 conn.execute(sa.update(deliveries).where(deliveries.c.id.in_(erased)).values(

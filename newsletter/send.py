@@ -24,7 +24,7 @@ from .errors import ProviderError, QuotaExceeded, RateLimited, Rejected, SendErr
 from .ledger import Batch, Ledger, Recipient, Run, RunStatus
 from .providers import Message, Provider
 from .render import Personal, Renderer
-from .subscribers import Status, Subscribers
+from .subscribers import Subscribers
 
 ALL = "all"  # the variant of readers with no categories: every story
 LEASE_SECONDS = 300.0

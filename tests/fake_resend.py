@@ -297,7 +297,7 @@ def _invalid(email, reject: set[str]) -> str | None:
         return "The `to` field must hold 1 to 50 addresses."
     for address in recipients:
         if not EMAIL_RE.match(str(address)) or address in reject:
-            return f"Invalid `to` field. The email address needs to follow the `email@example.com` format."
+            return "Invalid `to` field. The email address needs to follow the `email@example.com` format."
     if not email.get("html") and not email.get("text"):
         return "Either `html` or `text` must be provided."
     for tag in email.get("tags") or []:
