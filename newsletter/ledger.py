@@ -30,6 +30,7 @@ class RunStatus(str, enum.Enum):
     SENDING = "sending"  # being sent, or stopped by a crash: resume it
     PAUSED = "paused"  # stopped on purpose or by the provider: resume it
     FINISHED = "finished"
+    CANCELLED = "cancelled"  # ended by the user: what it delivered counts, the rest was never sent
 
 
 class State(str, enum.Enum):

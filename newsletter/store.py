@@ -101,10 +101,10 @@ class SendRunRow(Base):
     """One sending of one issue: its deliveries are a snapshot of who was due when it began."""
 
     __tablename__ = "send_runs"
-    # At most one unfinished run per issue: two `send`s at once cannot both start one.
+    # At most one open run per issue: two `send`s at once cannot both start one.
     __table_args__ = (sa.Index("ux_send_runs_unfinished_issue", "issue", unique=True,
-                               sqlite_where=sa.text("status <> 'finished'"),
-                               postgresql_where=sa.text("status <> 'finished'")),)
+                               sqlite_where=sa.text("status NOT IN ('finished', 'cancelled')"),
+                               postgresql_where=sa.text("status NOT IN ('finished', 'cancelled')")),)
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     issue: Mapped[str] = mapped_column(sa.String(200), index=True)  # the digest's file name
     digest_path: Mapped[str] = mapped_column(sa.String(1000))
