@@ -16,6 +16,8 @@ from . import preview as preview_mod
 from .config import Settings, load_settings
 from .digest import load_digest
 from .errors import DigestError, ExitCode, NewsletterError
+from .render import SIZE_WARNING, Renderer
+from .send import possible_variants, prepare
 from .subscribers import Subscribers
 
 _debug = False
@@ -84,7 +86,11 @@ def cli(ctx: click.Context, config: str | None, debug: bool) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @pass_app
 def check(app: App, files: tuple[str, ...]) -> None:
-    """Run the pre-send checks on digest FILES: errors and warnings with file and line."""
+    """Run the pre-send checks on digest FILES: errors and warnings with file and line.
+
+    Every variant a reader could get is rendered and its message built, as `send` does: a digest
+    that passes here will send."""
+    renderer = None
     failed = 0
     for file in files:
         try:
@@ -96,10 +102,22 @@ def check(app: App, files: tuple[str, ...]) -> None:
             continue
         for problem in digest.warnings:
             echo_warning(str(problem))
+        renderer = renderer or Renderer(app.settings)
+        try:
+            variants = prepare(renderer, digest, app.settings, possible_variants(digest))
+        except NewsletterError as e:
+            failed += 1
+            click.secho(f"error: {e}", fg="red", err=True)
+            continue
+        for key, variant in variants.items():
+            if variant.size > SIZE_WARNING:
+                echo_warning(f"{file}: variant {key}: the HTML is {variant.size / 1024:.0f} KB; Gmail "
+                             "clips messages above about 102 KB")
         stories = [s for s in digest.stories if s.kind == "story"]
         roundups = sum(len(s.entries) for s in digest.stories if s.kind == "roundups")
         click.echo(f"ok: {file}: {plural(len(stories), 'story', 'stories')}, "
-                   f"{plural(roundups, 'round-up')}, {plural(len(digest.footnotes), 'note')}")
+                   f"{plural(roundups, 'round-up')}, {plural(len(digest.footnotes), 'note')}, "
+                   f"{plural(len(variants), 'variant')} rendered")
     if failed:
         raise SystemExit(ExitCode.ERROR)
 

@@ -20,7 +20,7 @@ from .ledger import Ledger, Run, RunStatus
 from .providers import Message, make_provider
 from .render import Renderer, preview_links
 from .send import (Composer, Sender, categories_of, check_new_run, check_unchanged, open_run, plan,
-                   render_variants)
+                   prepare)
 
 
 def describe_variant(app: App, key: str) -> str:
@@ -52,17 +52,23 @@ def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...
     digest = load_digest(file, settings)
     for warning in digest.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
-    renderer = Renderer(settings)
     ledger = Ledger(app.subscribers.engine)
+    had_it = frozenset()
     if not test_to and not dry_run:
-        check_new_run(ledger, digest, again=again)
-    due = plan(digest, app.subscribers)
+        had_it = check_new_run(ledger, digest, again=again)
+    due = plan(digest, app.subscribers, had_it)
     show_plan(app, digest.title, due, settings.provider or "outbox")
+    if had_it:
+        click.echo(f"{plural(len(had_it), 'reader')} had this issue from a cancelled run: left out "
+                   "(--again sends to everyone)")
+    # Every variant rendered and every message built before a run exists: a digest or a setting
+    # that cannot become an email stops here, with no reader queued behind it.
+    variants = prepare(Renderer(settings), digest, settings, sorted(due.per_variant) or ["all"])
     if test_to:
-        send_tests(app, digest, renderer, sorted(due.per_variant) or ["all"], test_to)
+        send_tests(app, digest, variants, test_to)
         return
     if dry_run:
-        for key, variant in render_variants(renderer, digest, due.per_variant).items():
+        for key, variant in variants.items():
             click.echo(f"rendered {key}: {variant.size / 1024:.1f} KB")
         click.echo("dry run: nothing was sent")
         return
@@ -73,7 +79,7 @@ def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...
     provider = provider_for(app)
     run, _ = open_run(ledger, digest, app.subscribers, provider.name, settings, again=again, due=due)
     click.echo(f"run {run.id} started")
-    deliver(app, ledger, provider, run, digest, renderer)
+    deliver(app, ledger, provider, run, digest, variants)
 
 
 def show_plan(app: App, subject: str, due, provider: str) -> None:
@@ -88,11 +94,10 @@ def show_plan(app: App, subject: str, due, provider: str) -> None:
                    "story for: not sent")
 
 
-def send_tests(app: App, digest, renderer: Renderer, keys: list[str], addresses: tuple[str, ...]) -> None:
+def send_tests(app: App, digest, variants: dict, addresses: tuple[str, ...]) -> None:
     from .subscribers import normalize_email
 
     provider = provider_for(app)
-    variants = render_variants(renderer, digest, keys)
     links = preview_links(app.settings, digest)
     composer = Composer(app.settings, digest, variants)
     batch_id = uuid.uuid4().hex[:12]
@@ -114,10 +119,9 @@ def send_tests(app: App, digest, renderer: Renderer, keys: list[str], addresses:
             click.echo(f"test copy {message.tags['variant']} to {message.to}: {state}")
 
 
-def deliver(app: App, ledger: Ledger, provider, run: Run, digest, renderer: Renderer) -> None:
+def deliver(app: App, ledger: Ledger, provider, run: Run, digest, variants: dict) -> None:
     """Send a run with a progress bar; Ctrl-C pauses after the batch in flight."""
     settings = app.settings
-    variants = render_variants(renderer, digest, ledger.variants(run.id))
     sender = Sender(ledger, provider, Composer(settings, digest, variants), rate=settings.send_rate,
                     batch_size=settings.batch_size, max_failures=settings.max_failures)
     interrupted = []
@@ -175,8 +179,12 @@ def resume(app: App, run_id: int, yes: bool) -> None:
     run = ledger.run(run_id)
     if run.status == RunStatus.FINISHED:
         raise SendError(f"run {run.id} is finished; to send {run.issue} again use `newsletter send --again`")
+    if run.status == RunStatus.CANCELLED:
+        raise SendError(f"run {run.id} was cancelled; `newsletter send` sends {run.issue} to the readers "
+                        "it did not reach")
     digest = load_digest(run.digest_path, app.settings)
     check_unchanged(run, digest, app.settings)
+    variants = prepare(Renderer(app.settings), digest, app.settings, ledger.variants(run.id))
     counts = ledger.counts(run.id)
     left = counts["queued"] + counts["sending"]
     if not yes:
@@ -185,23 +193,59 @@ def resume(app: App, run_id: int, yes: bool) -> None:
     if provider.name != run.provider:
         raise SendError(f"run {run.id} was started with {run.provider}; the settings now say "
                         f"{provider.name}")
-    deliver(app, ledger, provider, run, digest, Renderer(app.settings))
+    deliver(app, ledger, provider, run, digest, variants)
 
 
-@cli.command()
-@click.argument("run_id", type=int, required=False)
-@pass_app
-def runs(app: App, run_id: int | None) -> None:
-    """List send runs with their counts, or show RUN_ID with its failed deliveries."""
-    ledger = Ledger(app.subscribers.engine)
-    if run_id is None:
-        table = Table("run", "issue", "status", "sent", "failed", "skipped", "queued", "started", box=None)
-        for run in ledger.runs():
-            c = ledger.counts(run.id)
-            table.add_row(str(run.id), run.issue, run.status.value, str(c["sent"]), str(c["failed"]),
-                          str(c["skipped"]), str(c["queued"] + c["sending"]), f"{run.created_at:%Y-%m-%d %H:%M}")
-        Console(width=200).print(table)
+class RunsGroup(click.Group):
+    """`runs` lists, `runs RUN` shows one (short for `runs show RUN`), `runs cancel RUN` ends one."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0].isdigit():
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=RunsGroup, invoke_without_command=True)
+@click.pass_context
+def runs(ctx: click.Context) -> None:
+    """List send runs with their counts; `runs RUN` shows one, `runs cancel RUN` ends one."""
+    if ctx.invoked_subcommand is not None:
         return
+    ledger = Ledger(ctx.find_object(App).subscribers.engine)
+    table = Table("run", "issue", "status", "sent", "failed", "skipped", "queued", "started", box=None)
+    for run in ledger.runs():
+        c = ledger.counts(run.id)
+        table.add_row(str(run.id), run.issue, run.status.value, str(c["sent"]), str(c["failed"]),
+                      str(c["skipped"]), str(c["queued"] + c["sending"]), f"{run.created_at:%Y-%m-%d %H:%M}")
+    Console(width=200).print(table)
+
+
+@runs.command(name="cancel")
+@click.argument("run_id", type=int)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def runs_cancel(app: App, run_id: int, yes: bool) -> None:
+    """End send run RUN_ID for good; a later `send` of the issue goes to the readers it did not reach."""
+    ledger = Ledger(app.subscribers.engine)
+    run = ledger.run(run_id)
+    counts = ledger.counts(run.id)
+    if not yes and run.status not in (RunStatus.FINISHED, RunStatus.CANCELLED):
+        click.confirm(f"Cancel run {run.id} ({run.issue}, {run.status.value}): sent {counts['sent']}, "
+                      f"{plural(counts['queued'] + counts['sending'], 'reader')} not yet?", abort=True)
+    run = ledger.cancel(run.id)
+    counts = ledger.counts(run.id)
+    click.echo(f"run {run.id} cancelled: sent {counts['sent']}, failed {counts['failed']}, "
+               f"skipped {counts['skipped']}")
+    click.echo(f"`newsletter send {shown_path(Path(run.digest_path))}` sends {run.issue} to the readers "
+               "this run did not reach")
+
+
+@runs.command(name="show")
+@click.argument("run_id", type=int)
+@pass_app
+def runs_show(app: App, run_id: int) -> None:
+    """Show send run RUN_ID with its failed and skipped deliveries."""
+    ledger = Ledger(app.subscribers.engine)
     run = ledger.run(run_id)
     c = ledger.counts(run.id)
     click.echo(f"run {run.id}: {run.issue} via {run.provider}, {run.status.value}"

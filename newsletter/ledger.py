@@ -24,6 +24,7 @@ from .subscribers import Status
 
 MAX_ATTEMPTS = 3  # temporary refusals of one message before it counts as failed
 KEY_LIFETIME = dt.timedelta(hours=23)  # Resend keeps idempotency keys for 24 hours
+MAYBE_DELIVERED = "may or may not have been delivered; check the provider's log"
 
 
 class RunStatus(str, enum.Enum):
@@ -199,11 +200,10 @@ class Ledger:
             if erased:
                 conn.execute(sa.update(deliveries).where(deliveries.c.id.in_(erased)).values(
                     state=State.SKIPPED.value, reason="the reader was erased", updated_at=now))
-            if stale:
+            if stale:  # failed with its batch key kept: see `had_it`
                 conn.execute(sa.update(deliveries).where(deliveries.c.id.in_(stale)).values(
-                    state=State.FAILED.value, updated_at=now,
-                    reason="in flight when the run stopped over 23 hours ago: it may or may not have "
-                           "been delivered; check the provider's log"))
+                    state=State.FAILED.value, updated_at=now, email=None, token=None,
+                    reason=f"in flight when the run stopped over 23 hours ago: it {MAYBE_DELIVERED}"))
         return list(batches.values())
 
     def claim(self, run_id: int, size: int) -> Batch | None:
@@ -297,6 +297,41 @@ class Ledger:
                 .where(deliveries.c.run_id == run_id,
                        deliveries.c.state.in_([State.FAILED.value, State.SKIPPED.value]))
                 .order_by(deliveries.c.id).limit(limit))]
+
+    def cancel(self, run_id: int) -> Run:
+        """End a run for good: what it delivered stays recorded, what is queued is skipped.
+
+        A batch in flight (a crash mid-request) may or may not have reached the provider: it is
+        marked failed with its batch key kept, so `had_it` counts it and no later run of the issue
+        sends those readers a second copy; `newsletter runs RUN` lists them."""
+        run = self.run(run_id)
+        if run.status in (RunStatus.FINISHED, RunStatus.CANCELLED):
+            raise SendError(f"run {run.id} is {run.status.value}; there is nothing to cancel")
+        self.acquire(run.id, 60.0)  # refuses while another process is sending it
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(deliveries).where(
+                deliveries.c.run_id == run.id, deliveries.c.state == State.QUEUED.value).values(
+                state=State.SKIPPED.value, reason="the run was cancelled", updated_at=now))
+            conn.execute(sa.update(deliveries).where(
+                deliveries.c.run_id == run.id, deliveries.c.state == State.SENDING.value).values(
+                state=State.FAILED.value, email=None, token=None, updated_at=now,
+                reason=f"in flight when the run was cancelled: it {MAYBE_DELIVERED}"))
+            conn.execute(sa.update(send_runs).where(send_runs.c.id == run.id).values(
+                status=RunStatus.CANCELLED.value, reason="cancelled by the user", updated_at=now,
+                finished_at=now, lease_owner=None, lease_until=None))
+        return self.run(run.id)
+
+    def had_it(self, issue: str) -> frozenset[int]:
+        """Readers who got the issue from one of its runs, or may have: sent, or failed while in
+        flight (the only failed deliveries that keep their batch key)."""
+        maybe = sa.and_(deliveries.c.state == State.FAILED.value, deliveries.c.batch_key.is_not(None))
+        with self.engine.connect() as conn:
+            return frozenset(conn.execute(
+                sa.select(deliveries.c.reader_id).distinct()
+                .join(send_runs, send_runs.c.id == deliveries.c.run_id)
+                .where(send_runs.c.issue == issue, deliveries.c.reader_id.is_not(None),
+                       sa.or_(deliveries.c.state == State.SENT.value, maybe))).scalars())
 
     def unfinished(self, run_id: int) -> bool:
         with self.engine.connect() as conn:

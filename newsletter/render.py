@@ -6,6 +6,7 @@ as `%%name%%` placeholders that `personalize` fills in.
 
 from __future__ import annotations
 
+import html as html_lib
 import logging
 import re
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ PLACEHOLDERS = {name: f"%%{name}%%" for name in LINK_NAMES}
 REF_STYLE = "font-size:12px;line-height:0"
 REF_LINK_STYLE = f"{LINK_STYLE};text-decoration:none;font-weight:600;padding:0 1px"
 PLACEHOLDER_RE = re.compile("%%(" + "|".join(LINK_NAMES) + ")%%")
+ANCHOR_RE = re.compile(r'\sid="([^"]+)"')
 
 logging.getLogger("cssutils").setLevel(logging.CRITICAL)
 
@@ -129,9 +131,15 @@ class Renderer:
     def render(self, digest: Digest, categories: Iterable[str] | None = None) -> Email:
         """The email for readers of `categories` (None: every story), links still placeholders."""
         variant = select(digest, categories)
-        html = self.inline(self.compile(self.mjml(variant)))
+        try:
+            compiled = self.compile(self.mjml(variant))
+            html = self.inline(compiled)
+            text = self.text(variant)
+            check_whole(compiled, html, text)
+        except RenderError as e:
+            raise RenderError(f"{digest.path}: variant {variant.key}: {e}") from None
         return Email(subject=digest.title, preheader=self.preheader(digest), html=html,
-                     text=self.text(variant), variant=variant)
+                     text=text, variant=variant)
 
     def preheader(self, digest: Digest) -> str:
         return digest.preheader or digest.subtitle
@@ -187,6 +195,25 @@ class Renderer:
         return f"{DOCTYPE}\n{inlined}" if not inlined.lstrip().lower().startswith("<!doctype") else inlined
 
 
+def check_whole(compiled: str, inlined: str, text: str) -> None:
+    """Refuse an email the inliner cut short, or one without an unsubscribe link.
+
+    lxml (inside premailer) stops parsing at about 256 levels of nesting without an error and
+    returns what it read so far: the rest of the email, footer and unsubscribe link included,
+    would vanish while everything reports success. Every anchor and reader link of the compiled
+    email must still be there after inlining.
+    """
+    for part, name in ((inlined, "HTML"), (text, "plain-text")):
+        if PLACEHOLDERS["unsubscribe_url"] not in part:
+            raise RenderError(f"the {name} part has no unsubscribe link ({{{{ links.unsubscribe_url }}}})")
+    lost = [a for a in ANCHOR_RE.findall(compiled) if f'id="{a}"' not in inlined]
+    links = [p for p in PLACEHOLDER_RE.findall(compiled) if f"%%{p}%%" not in inlined]
+    if lost or links or PLACEHOLDER_RE.findall(compiled) != PLACEHOLDER_RE.findall(inlined):
+        what = f"anchor {lost[0]!r}" if lost else "a reader link"
+        raise RenderError(f"the email came out of CSS inlining incomplete ({what} and what follows "
+                          "is missing; is some HTML nested too deeply?)")
+
+
 class _Inliner(Premailer):
     """premailer, with the parsed rules of our one stylesheet kept between emails.
 
@@ -209,19 +236,22 @@ class Personal:
     """A rendered variant (HTML or text) split at its reader placeholders once, so that each
     reader's copy costs one join instead of a search through the whole email."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, *, html: bool = False):
         self.parts = PLACEHOLDER_RE.split(text)  # literal, name, literal, name, ..., literal
         self.names = self.parts[1::2]
+        self.html = html
 
     def fill(self, values: dict[str, str]) -> str:
+        if self.html:  # links land in href="...": never let a value end the attribute
+            values = {name: html_lib.escape(value, quote=True) for name, value in values.items()}
         parts = self.parts.copy()
         parts[1::2] = [values[name] for name in self.names]
         return "".join(parts)
 
 
-def personalize(text: str, links: dict[str, str]) -> str:
-    """Fill the reader's links into a rendered variant (HTML or text)."""
-    return Personal(text).fill(links)
+def personalize(text: str, links: dict[str, str], *, html: bool = False) -> str:
+    """Fill the reader's links into a rendered variant (HTML, escaped, or text)."""
+    return Personal(text, html=html).fill(links)
 
 
 def preview_links(settings: Settings, digest: Digest) -> dict[str, str]:

@@ -10,6 +10,7 @@ point the batch goes out again under the same idempotency key and is delivered o
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import re
 import threading
@@ -23,11 +24,14 @@ from .digest import Digest
 from .errors import ProviderError, QuotaExceeded, RateLimited, Rejected, SendError, Unavailable
 from .ledger import Batch, Ledger, Recipient, Run, RunStatus
 from .providers import Message, Provider
+from .providers.mime import to_mime
 from .render import Personal, Renderer
 from .subscribers import Subscribers
 
 ALL = "all"  # the variant of readers with no categories: every story
 LEASE_SECONDS = 300.0
+MAX_CHECKED_VARIANTS = 64  # `check` renders every possible variant up to this many
+HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # -- who gets which variant ----------------------------------------------------------------------
@@ -49,6 +53,22 @@ def variant_for(categories: Iterable[str], digest_cats: set[str], open_story: bo
     return "+".join(sorted(kept)) if kept else "none"
 
 
+def possible_variants(digest: Digest) -> list[str]:
+    """Every variant key some reader could get: the keys `plan` can give, whoever subscribes.
+
+    With many categories that is 2^n sets; past MAX_CHECKED_VARIANTS, every story alone, every
+    category alone and all of them together stand for the rest (a section renders the same in
+    any set that keeps it)."""
+    cats, open_story = digest_categories(digest)
+    slugs = sorted(cats)
+    if 2 ** len(slugs) <= MAX_CHECKED_VARIANTS:
+        sets = [c for n in range(1, len(slugs) + 1) for c in itertools.combinations(slugs, n)]
+    else:
+        sets = [(s,) for s in slugs] + [tuple(slugs)]
+    keys = [ALL] + ["+".join(c) for c in sets] + (["none"] if open_story else [])
+    return list(dict.fromkeys(keys))
+
+
 def categories_of(variant: str) -> list[str] | None:
     if variant == ALL:
         return None
@@ -64,10 +84,14 @@ class Plan:
     not_due: int  # active readers none of whose categories is in this issue
 
 
-def plan(digest: Digest, subscribers: Subscribers) -> Plan:
+def plan(digest: Digest, subscribers: Subscribers, had_it: frozenset[int] = frozenset()) -> Plan:
+    """Who is due for `digest`: every active reader it has a story for, except `had_it` (readers an
+    earlier, cancelled run of the issue delivered to)."""
     digest_cats, open_story = digest_categories(digest)
     recipients, per_variant, not_due = [], {}, 0
     for reader_id, categories in subscribers.active_categories():
+        if reader_id in had_it:
+            continue
         variant = variant_for(categories, digest_cats, open_story)
         if variant is None:
             not_due += 1
@@ -91,7 +115,32 @@ def render_variants(renderer: Renderer, digest: Digest, keys: Iterable[str]) -> 
     variants = {}
     for key in keys:
         email = renderer.render(digest, categories_of(key))
-        variants[key] = Variant(key, Personal(email.html), Personal(email.text), email.size)
+        variants[key] = Variant(key, Personal(email.html, html=True), Personal(email.text), email.size)
+    return variants
+
+
+def prepare(renderer: Renderer, digest: Digest, settings: Settings, keys: Iterable[str]) -> dict[str, Variant]:
+    """Render every variant and build one complete message of each, headers and all.
+
+    This runs before a send run exists (and in `check`): whatever the digest or the settings
+    cannot become fails here, with a readable error, not halfway through a list with readers
+    queued behind a run that can never finish."""
+    variants = render_variants(renderer, digest, keys)
+    composer = Composer(settings, digest, variants)
+    for key in variants:
+        sample = Recipient(0, "reader@example.com", "A Reader", "t" * 32, key)
+        message = composer.message("check", sample)
+        headers = {"Subject": message.subject, "From": message.sender, "Reply-To": message.reply_to or "",
+                   **message.headers}
+        for name, value in headers.items():
+            bad = HEADER_UNSAFE.search(value)
+            if bad:
+                raise SendError(f"{digest.path}: the {name} header would contain the control "
+                                f"character {bad.group()!r}; remove it from the digest or the settings")
+        try:
+            to_mime(message)
+        except (ValueError, TypeError, LookupError) as e:
+            raise SendError(f"{digest.path}: cannot build the message for variant {key}: {e}") from None
     return variants
 
 
@@ -135,26 +184,33 @@ class Composer:
 
 # -- runs ---------------------------------------------------------------------------------------
 
-def check_new_run(ledger: Ledger, digest: Digest, *, again: bool = False) -> None:
-    """Refuse to send an issue twice by accident, or to start over while a run of it is unfinished."""
+def check_new_run(ledger: Ledger, digest: Digest, *, again: bool = False) -> frozenset[int]:
+    """Refuse to send an issue twice by accident, or to start over while a run of it is open.
+
+    Returns the readers a new run must leave out: those an earlier, cancelled run of the issue
+    may have delivered to (none with `again`, which sends to everyone)."""
     earlier = ledger.runs(digest.slug)
-    unfinished = [r for r in earlier if r.status != RunStatus.FINISHED]
-    if unfinished:
-        r = unfinished[-1]
+    open_runs = [r for r in earlier if r.status in (RunStatus.SENDING, RunStatus.PAUSED)]
+    if open_runs:
+        r = open_runs[-1]
         why = f" ({r.reason})" if r.reason else ""
-        raise SendError(f"run {r.id} of {digest.slug} is {r.status.value}{why}; "
-                        f"resume it with `newsletter resume {r.id}`")
-    if earlier and not again:
-        r = earlier[-1]
+        raise SendError(f"run {r.id} of {digest.slug} is {r.status.value}{why}; resume it with "
+                        f"`newsletter resume {r.id}` or end it with `newsletter runs cancel {r.id}`")
+    finished = [r for r in earlier if r.status == RunStatus.FINISHED]
+    if finished and not again:
+        r = finished[-1]
         raise SendError(f"{digest.slug} was already sent (run {r.id}, finished "
                         f"{r.finished_at:%Y-%m-%d %H:%M} UTC); send it again with --again")
+    if again or not earlier:
+        return frozenset()
+    return ledger.had_it(digest.slug)
 
 
 def open_run(ledger: Ledger, digest: Digest, subscribers: Subscribers, provider: str, settings: Settings,
              *, again: bool = False, due: Plan | None = None) -> tuple[Run, Plan]:
     """A new run of `digest` with a snapshot of who is due (`due`, if already planned)."""
-    check_new_run(ledger, digest, again=again)
-    due = due or plan(digest, subscribers)
+    had_it = check_new_run(ledger, digest, again=again)
+    due = due or plan(digest, subscribers, had_it)
     if not due.recipients:
         raise SendError("no active reader is due for this issue (see `newsletter subscribers count`)")
     run = ledger.create_run(issue=digest.slug, digest_path=str(digest.path),
@@ -169,10 +225,11 @@ def check_unchanged(run: Run, digest: Digest, settings: Settings) -> None:
     gets the same issue, and a batch sent again must be the same request."""
     if digest_sha256(digest.path) != run.digest_sha256:
         raise SendError(f"{digest.path} changed since run {run.id} started; restore that version "
-                        "to resume (its readers must get what the others got)")
+                        "to resume (its readers must get what the others got), or end the run with "
+                        f"`newsletter runs cancel {run.id}` and send the new version to the rest")
     if run.settings_sha256 and settings_sha256(settings) != run.settings_sha256:
         raise SendError(f"name, sender, reply_to or base_url changed since run {run.id} started; "
-                        "restore them to resume")
+                        f"restore them to resume, or end the run with `newsletter runs cancel {run.id}`")
 
 
 # -- the engine ---------------------------------------------------------------------------------
