@@ -203,7 +203,8 @@ def check_whole(compiled: str, inlined: str, text: str) -> None:
     would vanish while everything reports success. Every anchor and reader link of the compiled
     email must still be there after inlining.
     """
-    lost = [a for a in ANCHOR_RE.findall(compiled) if f'id="{a}"' not in inlined]
+    kept = set(ANCHOR_RE.findall(inlined))
+    lost = [a for a in ANCHOR_RE.findall(compiled) if a not in kept]
     if lost or PLACEHOLDER_RE.findall(compiled) != PLACEHOLDER_RE.findall(inlined):
         what = f"anchor {lost[0]!r}" if lost else "a reader link"
         raise RenderError(f"the email came out of CSS inlining incomplete ({what} and what follows "
