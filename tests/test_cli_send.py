@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from email import message_from_bytes, policy
 
 import pytest
 
@@ -47,6 +48,26 @@ def test_send_to_the_outbox(cli, tmp_path):
     assert len(eml(tmp_path)) == 5
     assert cli("send", EXAMPLE, "--yes", "--again").code == 0
     assert len(eml(tmp_path)) == 10
+
+
+def test_the_longest_and_oddest_addresses_get_their_file(cli, tmp_path, db_url, session_settings):
+    """A valid address may be 254 characters, and hold `/`, `|`, `?` or `*`: each reader still
+    gets one file in the outbox, and no file lands anywhere else."""
+    longest = "l" * 64 + "@" + "d" * 63 + "." + "e" * 63 + "." + "f" * 57 + ".com"
+    odd = ["a/b@example.com", "a_b@example.com", "x|y*z?@example.com", "{~}=&'!#$%^`@example.com"]
+    subs = Subscribers.open(db_url, session_settings.categories)
+    for email in [longest, *odd]:
+        subs.add(email, consent=Consent(ConsentMethod.CLI))
+    assert subs.get(longest).email == longest  # accepted as it is
+    subs.close()
+    result = cli("send", EXAMPLE, "--yes")
+    assert result.code == 0, result.err
+    assert "run 1: sent 10, failed 0, skipped 0, queued 0" in result.out
+    outbox = tmp_path / "outbox"
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".eml"]
+    assert all(p.parent == outbox for p in files), files
+    recipients = Counter(message_from_bytes(p.read_bytes(), policy=policy.default)["To"] for p in files)
+    assert recipients == Counter({e: 1 for e in [longest, *odd, *(f"r{i}@example.com" for i in range(5))]})
 
 
 def test_dry_run_and_test_copies_touch_no_reader(cli, tmp_path):
