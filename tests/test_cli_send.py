@@ -115,15 +115,27 @@ def real_send(db_url, fake, settings, readers: list[str], rate: int) -> tuple[di
     return env, process
 
 
+def delivered_at_least(fake, count: int, process: subprocess.Popen, seconds: float = 60.0) -> None:
+    """Wait until the fake server has delivered `count` emails; fail at the deadline, or if the
+    send ended before."""
+    deadline = time.monotonic() + seconds
+    while sum(fake.addresses().values()) < count:
+        if process.poll() is not None:
+            pytest.fail(f"the send ended (exit {process.returncode}) before {count} deliveries: "
+                        f"{process.stderr.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"fewer than {count} deliveries after {seconds:.0f} s")
+        time.sleep(0.05)  # the fake server counts; there is no event to wait on
+
+
 def test_killed_mid_send_then_resumed_delivers_exactly_once(db_url, fake_resend, session_settings, tmp_path):
     """The real thing: SIGKILL in the middle of a send, then `newsletter resume`."""
     readers = [f"k{i:03d}@example.com" for i in range(120)]
     env, process = real_send(db_url, fake_resend, session_settings, readers, rate=8)
-    deadline = time.monotonic() + 30
-    while sum(fake_resend.addresses().values()) < 30 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    delivered_at_least(fake_resend, 30, process)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.wait(timeout=30)
     delivered = sum(fake_resend.addresses().values())
     assert 30 <= delivered < len(readers)
 
@@ -137,15 +149,14 @@ def test_killed_mid_send_then_resumed_delivers_exactly_once(db_url, fake_resend,
 def test_ctrl_c_pauses_and_resume_finishes(db_url, fake_resend, session_settings):
     readers = [f"c{i:03d}@example.com" for i in range(60)]
     env, process = real_send(db_url, fake_resend, session_settings, readers, rate=4)
-    while sum(fake_resend.addresses().values()) < 10:
-        time.sleep(0.05)
+    delivered_at_least(fake_resend, 10, process)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
     assert "pausing after the batch in flight" in err and "Resume with `newsletter resume 1`" in err
     assert "Traceback" not in err
     assert sum(fake_resend.addresses().values()) < len(readers)
-    listed = subprocess.run([*COMMAND, "runs"], env=env, capture_output=True, text=True).stdout
+    listed = subprocess.run([*COMMAND, "runs"], env=env, capture_output=True, text=True, timeout=60).stdout
     assert "paused" in listed
     result = subprocess.run([*COMMAND, "resume", "1", "--yes"], env=env, capture_output=True, text=True,
                             timeout=120)
