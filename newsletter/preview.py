@@ -103,11 +103,25 @@ class LivePreview:
 BANNER_STYLE = "font:14px monospace;background:#fff3cd;color:#5c4400;padding:8px 12px;margin:0"
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def local_host(host: str | None, port: int) -> bool:
+    """Whether a request's Host header names this machine's preview: a page of another site
+    whose name was made to point at 127.0.0.1 (DNS rebinding) must not read the digest."""
+    name, _, given = (host or "").strip().lower().rpartition(":")
+    if not name or not given.isdigit():  # no port given
+        name, given = (host or "").strip().lower(), str(port)
+    return name in LOCAL_HOSTS and int(given) == port
+
+
 def make_server(live: LivePreview, port: int) -> ThreadingHTTPServer:
     page = live.renderer.env.get_template("preview/page.html")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
+            if not local_host(self.headers.get("Host"), self.server.server_address[1]):
+                return self._refuse()
             route = self.path.split("?")[0]
             if route == "/":
                 body = page.render(file=str(live.file), variant=",".join(live.categories or []) or "all",
@@ -130,6 +144,16 @@ def make_server(live: LivePreview, port: int) -> ThreadingHTTPServer:
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
             self.wfile.write(data)
+
+        def _refuse(self) -> None:
+            data = b"this preview answers only to 127.0.0.1 and localhost\n"
+            self.send_response(421)  # Misdirected Request
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+            self.close_connection = True
 
         def log_message(self, *args) -> None:  # quiet: the terminal is for errors
             pass

@@ -281,9 +281,12 @@ class Sender:
         self.ledger, self.provider, self.composer = ledger, provider, composer
         self.batch_size, self.max_failures = batch_size, max_failures
         self.base_delay, self.max_delay, self.jitter = base_delay, max_delay, jitter
+        self.clock = clock
         self.throttle = Throttle(rate, clock=clock)
         self.stopping = threading.Event()
         self.failures = 0
+        self.run_id: int | None = None  # the run whose lease this sender holds, from send() on
+        self.leased_at = 0.0  # when the lease was last taken or renewed (self.clock)
 
     def stop(self) -> None:
         """Pause after the batch in flight (what Ctrl-C does)."""
@@ -294,6 +297,7 @@ class Sender:
         if run.status == RunStatus.FINISHED:
             raise SendError(f"run {run.id} is finished; send the issue again with --again")
         self.ledger.acquire(run.id, LEASE_SECONDS)
+        self.run_id, self.leased_at = run.id, self.clock()
         counts = self.ledger.counts(run.id)
         progress = Progress(total=sum(counts.values()), sent=counts["sent"], failed=counts["failed"],
                             skipped=counts["skipped"])
@@ -310,7 +314,6 @@ class Sender:
 
     def _loop(self, run: Run, progress: Progress, on_progress) -> str | None:
         pending = self.ledger.in_flight(run.id)  # first what a stop left in flight
-        self.run_id, self.leased_at = run.id, time.monotonic()  # send() took the lease
         while True:
             if self.stopping.is_set():
                 return "paused by the user"
@@ -329,9 +332,9 @@ class Sender:
 
     def _renew(self) -> None:
         """Keep the lease while working: retries of one batch can take minutes."""
-        if time.monotonic() - self.leased_at > LEASE_SECONDS / 4:
+        if self.clock() - self.leased_at > LEASE_SECONDS / 4:
             self.ledger.acquire(self.run_id, LEASE_SECONDS)
-            self.leased_at = time.monotonic()
+            self.leased_at = self.clock()
 
     def _deliver(self, batch: Batch, messages: list[Message], progress: Progress) -> str | None:
         """Send one batch until the provider answers; the reason to pause if it will not."""

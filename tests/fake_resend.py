@@ -48,7 +48,7 @@ class Switches:
     quota: str | None = None  # "daily" or "monthly": every request answers 429 with that name
     storm_next: int = 0  # the next N requests answer 429 whatever the rate
     storm_retry_after: float = 1.0  # the retry-after those 429s carry
-    crash_after_processing: bool = False  # do the work, then drop the connection unanswered
+    crash_after_processing: int = 0  # the next N requests do the work, then drop the connection unanswered
     reject: set[str] = field(default_factory=set)  # addresses validation refuses
 
 
@@ -64,6 +64,8 @@ class State:
     idempotency: dict[str, tuple[str, int, dict]] = field(default_factory=dict)
     in_progress: set[str] = field(default_factory=set)
     requests: Counter = field(default_factory=Counter)  # by status code
+    dropped: int = 0  # connections dropped after the work was done (crash_after_processing)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each POST, in order
     window_start: float = 0.0
     window_count: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(1234))
@@ -146,6 +148,7 @@ class _Handler(BaseHTTPRequestHandler):
                                 _error(403, "invalid_api_key", "API key is invalid"))
         key = self.headers.get("Idempotency-Key")
         with state.lock:
+            state.arrivals.append(time.monotonic())
             if switches.quota:
                 return self._answer(429, _error(429, QUOTA_NAMES[switches.quota],
                                                 f"You have reached your {switches.quota} email sending quota."))
@@ -172,6 +175,9 @@ class _Handler(BaseHTTPRequestHandler):
                                                 "still in progress."))
             if key is not None:
                 state.in_progress.add(key)
+            crash = not fail and switches.crash_after_processing > 0  # counts only requests it drops
+            if crash:
+                switches.crash_after_processing -= 1
         if not state.parse:  # one id per email, found without decoding anything
             return self._answer(200, {"data": [{"id": str(uuid.uuid4())} for _ in range(raw.count(b'"subject"'))]})
         try:
@@ -183,7 +189,9 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with state.lock:
                 state.in_progress.discard(key)
-        if switches.crash_after_processing:
+        if crash:
+            with state.lock:
+                state.dropped += 1
             self.close_connection = True
             self.connection.shutdown(2)
             return None

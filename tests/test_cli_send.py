@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from email import message_from_bytes, policy
 
 import pytest
 
@@ -47,6 +48,26 @@ def test_send_to_the_outbox(cli, tmp_path):
     assert len(eml(tmp_path)) == 5
     assert cli("send", EXAMPLE, "--yes", "--again").code == 0
     assert len(eml(tmp_path)) == 10
+
+
+def test_the_longest_and_oddest_addresses_get_their_file(cli, tmp_path, db_url, session_settings):
+    """A valid address may be 254 characters, and hold `/`, `|`, `?` or `*`: each reader still
+    gets one file in the outbox, and no file lands anywhere else."""
+    longest = "l" * 64 + "@" + "d" * 63 + "." + "e" * 63 + "." + "f" * 57 + ".com"
+    odd = ["a/b@example.com", "a_b@example.com", "x|y*z?@example.com", "{~}=&'!#$%^`@example.com"]
+    subs = Subscribers.open(db_url, session_settings.categories)
+    for email in [longest, *odd]:
+        subs.add(email, consent=Consent(ConsentMethod.CLI))
+    assert subs.get(longest).email == longest  # accepted as it is
+    subs.close()
+    result = cli("send", EXAMPLE, "--yes")
+    assert result.code == 0, result.err
+    assert "run 1: sent 10, failed 0, skipped 0, queued 0" in result.out
+    outbox = tmp_path / "outbox"
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".eml"]
+    assert all(p.parent == outbox for p in files), files
+    recipients = Counter(message_from_bytes(p.read_bytes(), policy=policy.default)["To"] for p in files)
+    assert recipients == Counter({e: 1 for e in [longest, *odd, *(f"r{i}@example.com" for i in range(5))]})
 
 
 def test_dry_run_and_test_copies_touch_no_reader(cli, tmp_path):
@@ -94,15 +115,27 @@ def real_send(db_url, fake, settings, readers: list[str], rate: int) -> tuple[di
     return env, process
 
 
+def delivered_at_least(fake, count: int, process: subprocess.Popen, seconds: float = 60.0) -> None:
+    """Wait until the fake server has delivered `count` emails; fail at the deadline, or if the
+    send ended before."""
+    deadline = time.monotonic() + seconds
+    while sum(fake.addresses().values()) < count:
+        if process.poll() is not None:
+            pytest.fail(f"the send ended (exit {process.returncode}) before {count} deliveries: "
+                        f"{process.stderr.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"fewer than {count} deliveries after {seconds:.0f} s")
+        time.sleep(0.05)  # the fake server counts; there is no event to wait on
+
+
 def test_killed_mid_send_then_resumed_delivers_exactly_once(db_url, fake_resend, session_settings, tmp_path):
     """The real thing: SIGKILL in the middle of a send, then `newsletter resume`."""
     readers = [f"k{i:03d}@example.com" for i in range(120)]
     env, process = real_send(db_url, fake_resend, session_settings, readers, rate=8)
-    deadline = time.monotonic() + 30
-    while sum(fake_resend.addresses().values()) < 30 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    delivered_at_least(fake_resend, 30, process)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.wait(timeout=30)
     delivered = sum(fake_resend.addresses().values())
     assert 30 <= delivered < len(readers)
 
@@ -116,15 +149,14 @@ def test_killed_mid_send_then_resumed_delivers_exactly_once(db_url, fake_resend,
 def test_ctrl_c_pauses_and_resume_finishes(db_url, fake_resend, session_settings):
     readers = [f"c{i:03d}@example.com" for i in range(60)]
     env, process = real_send(db_url, fake_resend, session_settings, readers, rate=4)
-    while sum(fake_resend.addresses().values()) < 10:
-        time.sleep(0.05)
+    delivered_at_least(fake_resend, 10, process)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
     assert "pausing after the batch in flight" in err and "Resume with `newsletter resume 1`" in err
     assert "Traceback" not in err
     assert sum(fake_resend.addresses().values()) < len(readers)
-    listed = subprocess.run([*COMMAND, "runs"], env=env, capture_output=True, text=True).stdout
+    listed = subprocess.run([*COMMAND, "runs"], env=env, capture_output=True, text=True, timeout=60).stdout
     assert "paused" in listed
     result = subprocess.run([*COMMAND, "resume", "1", "--yes"], env=env, capture_output=True, text=True,
                             timeout=120)

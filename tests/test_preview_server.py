@@ -1,3 +1,4 @@
+import http.client
 import json
 import threading
 import time
@@ -70,3 +71,31 @@ def test_template_change_reloads(tmp_path, settings):
     template.write_text(template.read_text().replace("You are receiving", "Thanks for reading. You are receiving"))
     assert live.version() != version
     assert "Thanks for reading" in live.current()[1]
+
+
+def ask(base, host):
+    """GET / with this Host header, as a browser sends it for a page of that name."""
+    connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+    try:
+        connection.putrequest("GET", "/email.html", skip_host=True)
+        if host is not None:
+            connection.putheader("Host", host)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_only_local_host_names_are_answered(served):
+    """DNS rebinding: a site whose name points at 127.0.0.1 must not read the digest."""
+    base, _ = served
+    port = base.rpartition(":")[2]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", "127.0.0.1", "localhost"):
+        status, body = ask(base, host)
+        assert status == 200 and body.startswith("<!doctype html>"), host
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}",
+                 f"localhost.evil.example:{port}", "127.0.0.1:1", "", None):
+        status, body = ask(base, host)
+        assert status == 421, host
+        assert body == "this preview answers only to 127.0.0.1 and localhost\n", host

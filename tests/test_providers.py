@@ -43,11 +43,33 @@ def test_outbox_writes_parseable_eml_files(tmp_path):
     result = outbox.send([message("ana@example.com", 1), message("josé@exämple.org", 2)], "k")
     assert [o.ok for o in result.outcomes] == [True, True]
     files = sorted((tmp_path / "outbox").glob("*.eml"))
-    assert [f.name for f in files] == ["r1-1-ana@example.com.eml", "r1-2-josé@exämple.org.eml"]
+    assert [f.name.rpartition("-")[0] for f in files] == ["r1-1-ana@example.com", "r1-2-josé@exämple.org"]
     check_parsed(files[0].read_bytes(), "ana@example.com")
     check_parsed(files[1].read_bytes(), "josé@exämple.org")
     outbox.send([message("ana@example.com", 1)], "k")  # the same message again: the same file
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 2
+
+
+def outbox_files(root):
+    """Every file under `root`, as paths relative to it."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_outbox_names_stay_in_the_folder_short_and_unique(tmp_path):
+    outbox = OutboxProvider(tmp_path / "box" / "outbox")
+    long = "l" * 64 + "@" + "d" * 63 + "." + "e" * 63 + "." + "f" * 57 + ".com"  # 254: the longest valid
+    tricky = ["a/b@example.com", "a_b@example.com", "x/../../../escape@example.com", "../../up@example.com",
+              "nul\x00byte@example.com", "back\\slash@example.com", "ü" * 64 + "@" + "ä" * 60 + ".org", long]
+    messages = [message(to, n) for n, to in enumerate(tricky)] + [message(long, 99), message("a_b@example.com", 0)]
+    assert all(o.ok for o in outbox.send(messages, "k").outcomes)
+    names = outbox_files(tmp_path)
+    assert len(names) == len(messages), "one file per (message, address), even where they look alike"
+    assert all(name.startswith("box/outbox/") and name.count("/") == 2 for name in names), names
+    assert all(len(name.rpartition("/")[2].encode()) <= 150 for name in names)
+    assert any(name.startswith("box/outbox/r1-1-a_b@example.com-") for name in names), "readable"
+    assert any(name.startswith(f"box/outbox/r1-7-{'l' * 64}@ddd") for name in names), "readable"
+    outbox.send(messages, "k")  # sent again (a resume): the same files
+    assert outbox_files(tmp_path) == names
 
 
 class Collector:

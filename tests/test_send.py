@@ -1,20 +1,25 @@
-"""The send engine against the fake Resend server, through the real resend SDK."""
+"""The send engine against the fake Resend server, through the real resend SDK, and over SMTP."""
 
 from __future__ import annotations
 
+import datetime as dt
+import socket
 import threading
 import time
 from collections import Counter
 
 import pytest
+import sqlalchemy as sa
+from aiosmtpd.controller import Controller
 
 from newsletter.digest import load_digest
-from newsletter.errors import SendError
-from newsletter.ledger import Ledger, RunStatus
+from newsletter.errors import SendError, Unavailable
+from newsletter.ledger import MAX_ATTEMPTS, Ledger, Run, RunStatus
 from newsletter.providers import make_provider
 from newsletter.render import Renderer
-from newsletter.send import Composer, Sender, check_unchanged, open_run, render_variants
-from newsletter.subscribers import Consent, ConsentMethod, Status
+from newsletter.send import Composer, Sender, Throttle, check_unchanged, open_run, render_variants
+from newsletter.store import deliveries, utcnow
+from newsletter.subscribers import Consent, ConsentMethod, Status, Subscribers
 
 from .conftest import EXAMPLE
 
@@ -172,11 +177,9 @@ def test_a_crash_at_any_step_then_resume_delivers_exactly_once(fake_resend, send
 
 
 def test_connection_dropped_after_the_server_did_the_work(fake_resend, send_settings, subs, readers):
-    fake_resend.switches.crash_after_processing = True
-    timer = threading.Timer(0.3, lambda: setattr(fake_resend.switches, "crash_after_processing", False))
-    timer.start()
+    fake_resend.switches.crash_after_processing = 3  # delivered, then the answers are lost, 3 times
     run, ledger = send_all(send_settings, subs, max_failures=100, base_delay=0.05, max_delay=0.1)
-    timer.join()
+    assert fake_resend.state.dropped == 3
     assert run.status == RunStatus.FINISHED
     assert_exactly_once(fake_resend, readers)
 
@@ -201,6 +204,23 @@ def test_ratelimit_headers_are_honoured(fake_resend, send_settings, subs, reader
     assert time.monotonic() - started >= 1.0  # 12 requests at 5 per second take more than a second
 
 
+class ReopensAfter(CrashingProvider):
+    """The provider while the fake server's port is closed: it opens again after `refusals`."""
+
+    def __init__(self, inner, fake, refusals):
+        super().__init__(inner, None)
+        self.fake, self.refusals, self.refused = fake, refusals, 0
+
+    def send(self, messages, key):
+        try:
+            return self.inner.send(messages, key)
+        except Unavailable:
+            self.refused += 1
+            if self.refused == self.refusals:
+                self.fake.accept()
+            raise
+
+
 def test_timeouts_and_refused_connections_are_retried(fake_resend, send_settings, subs, readers):
     fake_resend.switches.delay, fake_resend.switches.delay_next = 1.5, 2  # the client gives up after 1 s
     run, ledger = send_all(send_settings, subs, max_failures=100, base_delay=0.2, max_delay=0.5)
@@ -210,11 +230,11 @@ def test_timeouts_and_refused_connections_are_retried(fake_resend, send_settings
     for email in more:
         subs.add(email, consent=Consent(ConsentMethod.FORM))
     fake_resend.refuse()
-    threading.Timer(0.5, fake_resend.accept).start()
+    provider = ReopensAfter(make_provider(send_settings), fake_resend, refusals=3)
     digest, ledger, run = start(send_settings, subs, again=True)
-    run = sender_for(send_settings, digest, ledger, run, max_failures=100, base_delay=0.1,
+    run = sender_for(send_settings, digest, ledger, run, provider, max_failures=100, base_delay=0.1,
                      max_delay=0.2).send(run)
-    assert run.status == RunStatus.FINISHED
+    assert run.status == RunStatus.FINISHED and provider.refused == 3
     counts = fake_resend.addresses()
     assert all(counts[email] == 2 for email in readers) and all(counts[email] == 1 for email in more)
 
@@ -333,3 +353,265 @@ def test_two_runs_of_one_issue_cannot_start_together(fake_resend, send_settings,
     with pytest.raises(SendError, match="another run of 2026-04-22-open-models-weekly was started"):
         ledger.create_run(issue=digest.slug, digest_path="x", digest_sha256="x", settings_sha256="x",
                           subject="s", provider="resend", recipients=[(1, "all")])
+
+
+def test_two_sends_of_one_issue_at_the_same_moment_start_one_run(fake_resend, send_settings, subs, readers,
+                                                                  db_url):
+    digest = load_digest(EXAMPLE, send_settings)
+    go, both_checked = threading.Barrier(2, timeout=30), threading.Barrier(2, timeout=30)
+
+    class AtTheSameMoment(Ledger):
+        def create_run(self, **fields):
+            both_checked.wait()  # neither run exists yet: only the database can refuse one now
+            return super().create_run(**fields)
+
+    results = []
+
+    def send_command():  # what `newsletter send` does, in a process of its own (its own connections)
+        store = Subscribers.open(db_url, send_settings.categories)
+        try:
+            go.wait()
+            results.append(open_run(AtTheSameMoment(store.engine), digest, store, "resend", send_settings)[0])
+        except Exception as e:  # noqa: BLE001 - the test looks at what each one got
+            results.append(e)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=send_command) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    runs = [r for r in results if isinstance(r, Run)]
+    assert len(runs) == 1, f"{len(runs)} runs of one issue started at the same moment: {results}"
+    [run], [refused] = runs, [e for e in results if not isinstance(e, Run)]
+    assert isinstance(refused, SendError), repr(refused)
+    assert str(refused).startswith(f"another run of {digest.slug} was started at the same moment")
+    ledger = Ledger(subs.engine)
+    assert [r.id for r in ledger.runs(digest.slug)] == [run.id]
+    assert sum(ledger.counts(run.id).values()) == len(readers)
+    assert sender_for(send_settings, digest, ledger, run).send(run).status == RunStatus.FINISHED
+    assert_exactly_once(fake_resend, readers)
+
+
+# -- retries have limits ------------------------------------------------------------------------
+
+class FailsOn(CrashingProvider):
+    """A provider having trouble: the requests numbered in `failing` (from 1) fail, the rest go out."""
+
+    def __init__(self, inner, failing):
+        super().__init__(inner, None)
+        self.failing = failing
+
+    def send(self, messages, key):
+        self.calls += 1
+        if self.calls in self.failing:
+            raise Unavailable(f"request {self.calls} failed")
+        return self.inner.send(messages, key)
+
+
+def test_only_failures_in_a_row_pause_the_run_with_the_last_error(fake_resend, send_settings, subs, readers):
+    digest, ledger, run = start(send_settings, subs)
+    provider = FailsOn(make_provider(send_settings), {1, 2, 3, 5, 6, 7, 9, 10, 11})  # never 4 in a row
+    run = sender_for(send_settings, digest, ledger, run, provider, max_failures=4).send(run)
+    assert run.status == RunStatus.FINISHED and provider.calls == 14  # 5 batches, 9 failures
+    assert_exactly_once(fake_resend, readers)
+
+    digest, ledger, run = start(send_settings, subs, again=True)
+    provider = FailsOn(make_provider(send_settings), set(range(2, 100)))
+    run = sender_for(send_settings, digest, ledger, run, provider, max_failures=4).send(run)
+    assert run.status == RunStatus.PAUSED and provider.calls == 5
+    assert run.reason == "4 failed requests in a row, last: request 5 failed"
+
+
+def test_a_rate_limit_that_never_clears_pauses_the_run(fake_resend, send_settings, subs, readers):
+    fake_resend.switches.storm_next, fake_resend.switches.storm_retry_after = 200, 0.01
+    run, ledger = send_all(send_settings, subs, max_failures=2)
+    assert run.status == RunStatus.PAUSED
+    assert run.reason.startswith("the provider kept refusing for rate limits: Resend: Too many requests.")
+    assert fake_resend.state.requests[429] == 21  # max_failures * 10 retries, then it stops asking
+    assert ledger.counts(run.id)["queued"] == len(readers) and sum(fake_resend.addresses().values()) == 0
+    fake_resend.switches.storm_next = 0
+    digest = load_digest(EXAMPLE, send_settings)
+    assert sender_for(send_settings, digest, ledger, run).send(run).status == RunStatus.FINISHED
+    assert_exactly_once(fake_resend, readers)
+
+
+class Recording(CrashingProvider):
+    """Notes the idempotency key of every request."""
+
+    def __init__(self, inner):
+        super().__init__(inner, None)
+        self.keys = []
+
+    def send(self, messages, key):
+        self.keys.append(key)
+        return self.inner.send(messages, key)
+
+
+@pytest.mark.parametrize("hours", [22, 24])
+def test_a_batch_in_flight_longer_than_a_key_lives_is_never_sent_again(fake_resend, send_settings, subs,
+                                                                        readers, hours):
+    digest, _, run = start(send_settings, subs)
+    with pytest.raises(Crash):  # the second batch was delivered; the database never heard
+        sender_for(send_settings, digest, CrashingLedger(subs.engine, "before record"), run).send(run)
+    with subs.engine.begin() as conn:
+        [key] = conn.execute(sa.select(deliveries.c.batch_key).where(
+            deliveries.c.run_id == run.id, deliveries.c.state == "sending").distinct()).scalars().all()
+        conn.execute(sa.update(deliveries).where(deliveries.c.batch_key == key).values(
+            updated_at=utcnow() - dt.timedelta(hours=hours)))  # the process stopped `hours` ago
+
+    fresh = Ledger(subs.engine)
+    provider = Recording(make_provider(send_settings))
+    run = sender_for(send_settings, digest, fresh, fresh.run(run.id), provider).send(fresh.run(run.id))
+    assert run.status == RunStatus.FINISHED
+    assert_exactly_once(fake_resend, readers)
+    if hours < 23:  # Resend still knows the key: the same request again is delivered once
+        assert provider.keys[0] == key and fresh.counts(run.id)["sent"] == len(readers)
+        return
+    assert key not in provider.keys, "sent again after its key expired: it could be delivered twice"
+    assert fresh.counts(run.id) == {"queued": 0, "sending": 0, "sent": len(readers) - 50, "failed": 50,
+                                    "skipped": 0}
+    assert {reason for _, _, reason in fresh.problems(run.id)} == {
+        "in flight when the run stopped over 23 hours ago: it may or may not have been delivered; "
+        "check the provider's log"}
+
+
+def test_a_long_batch_with_retries_keeps_the_lease(send_settings, subs, readers, monkeypatch):
+    """Retries of one batch can outlast the lease: renewed between attempts, it is never free
+    for another process to take the run over meanwhile."""
+    wall, ticks = [utcnow()], [0.0]  # the clocks the ledgers and the sender see
+    monkeypatch.setattr("newsletter.ledger.utcnow", lambda: wall[0])
+    settings = send_settings.with_overrides(provider="outbox")
+    digest, ledger, run = start(settings, subs)
+    other = Ledger(subs.engine)
+    other.owner = "elsewhere:1"
+    taken = []
+
+    class Slow(FailsOn):
+        def send(self, messages, key):
+            wall[0] += dt.timedelta(minutes=2)  # every attempt takes two minutes
+            ticks[0] += 120.0
+            try:
+                other.acquire(run.id, 60)
+                taken.append(self.calls + 1)
+            except SendError:
+                pass
+            return super().send(messages, key)
+
+    provider = Slow(make_provider(settings), {1, 2, 3, 4, 5, 6})  # the first batch: 14 minutes
+    run = sender_for(settings, digest, ledger, run, provider, clock=lambda: ticks[0], max_failures=10).send(run)
+    assert taken == [], f"another process took the run over at attempt {taken[:1]}"
+    assert run.status == RunStatus.FINISHED and provider.calls == 11
+
+
+# -- the send rate -----------------------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self):
+        self.now, self.slept = 1000.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_throttle_spaces_requests_by_the_rate_and_waits_longer_when_asked():
+    clock = FakeClock()
+    throttle = Throttle(4.0, clock=clock, sleep=clock.sleep)
+    released = []
+    for _ in range(5):
+        throttle.wait()
+        released.append(clock.now)
+        clock.now += 0.05  # the request itself
+    assert [round(b - a, 6) for a, b in zip(released, released[1:])] == [0.25] * 4
+    throttle.defer(3.0)  # a retry-after
+    throttle.wait()
+    assert round(clock.now - released[-1], 6) == 3.05
+    clock.now += 10.0  # idle for a while: the next request goes at once, then the spacing again
+    before = clock.now
+    throttle.wait()
+    throttle.wait()
+    assert round(clock.now - before, 6) == 0.25
+
+
+def test_requests_reach_the_provider_no_faster_than_send_rate(fake_resend, send_settings, subs, readers):
+    rate = 2.0  # requests 0.5 s apart; without spacing they go about 0.1 s apart
+    run, _ = send_all(send_settings, subs, rate=rate)  # 5 batches of 50
+    assert run.status == RunStatus.FINISHED
+    arrivals = fake_resend.state.arrivals
+    assert len(arrivals) == 5
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert min(gaps) > 0.6 / rate, gaps  # 1/rate apart when sent; arrival times jitter a little
+
+
+# -- SMTP through the engine -------------------------------------------------------------------
+
+class Mailbox:
+    """An SMTP server's handler that refuses some recipients: for good, or for a while."""
+
+    def __init__(self):
+        self.refuse: dict[str, str] = {}  # address -> the reply, every time
+        self.busy: dict[str, int] = {}  # address -> how many more times it answers 451
+        self.asked, self.delivered = Counter(), Counter()
+
+    async def handle_RCPT(self, server, session, envelope, address, options):  # noqa: N802
+        self.asked[address] += 1
+        if address in self.refuse:
+            return self.refuse[address]
+        if self.busy.get(address, 0) > 0:
+            self.busy[address] -= 1
+            return "451 4.2.1 mailbox busy, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        self.delivered.update(envelope.rcpt_tos)
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp(send_settings):
+    """An SMTP server on 127.0.0.1, and settings that send through it."""
+    mailbox = Mailbox()
+    with socket.socket() as probe:  # aiosmtpd checks its own port once started: it needs a real one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield mailbox, send_settings.with_overrides(provider="smtp", smtp_host="127.0.0.1", smtp_port=port,
+                                                smtp_security="none")
+    controller.stop()
+
+
+def smtp_readers(subs, *extra: str) -> list[str]:
+    emails = [f"s{i:02d}@example.com" for i in range(12)] + list(extra)
+    for email in emails:
+        subs.add(email, consent=Consent(ConsentMethod.FORM))
+    return emails
+
+
+def test_over_smtp_a_refused_address_fails_with_the_servers_reason(smtp, subs):
+    mailbox, settings = smtp
+    emails = smtp_readers(subs, "nobody@example.com")
+    mailbox.refuse["nobody@example.com"] = "550 5.1.1 no such user here"
+    run, ledger = send_all(settings, subs, batch_size=5)
+    assert run.status == RunStatus.FINISHED
+    assert ledger.problems(run.id) == [("nobody@example.com", "failed", "550 5.1.1 no such user here")]
+    assert mailbox.asked["nobody@example.com"] == 1, "a permanent refusal is not tried again"
+    assert mailbox.delivered == Counter({email: 1 for email in emails if email != "nobody@example.com"})
+
+
+def test_over_smtp_a_busy_mailbox_is_tried_again_up_to_max_attempts(smtp, subs):
+    mailbox, settings = smtp
+    emails = smtp_readers(subs, "busy@example.com", "full@example.com")
+    mailbox.busy = {"busy@example.com": 2, "full@example.com": 1000}  # accepts on the third try; never
+    run, ledger = send_all(settings, subs, batch_size=5)
+    assert run.status == RunStatus.FINISHED
+    assert mailbox.asked["busy@example.com"] == 3 and mailbox.asked["full@example.com"] == MAX_ATTEMPTS == 3
+    assert ledger.problems(run.id) == [("full@example.com", "failed", "451 4.2.1 mailbox busy, try again later")]
+    assert mailbox.delivered == Counter({email: 1 for email in emails if email != "full@example.com"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -9,6 +10,11 @@ from ..errors import Unavailable
 from ..files import atomic_writer
 from . import BatchResult, Message, Outcome
 from .mime import to_mime
+
+# A file name holds at most 255 bytes, and atomic_writer adds about 15 for its temporary file:
+# an address may be 254 characters (more bytes in UTF-8), so only its start is kept.
+READABLE_BYTES = 100
+UNSAFE = re.compile(r"[^\w.@+-]")  # path separators, `..`'s neighbours, control characters, ...
 
 
 class OutboxProvider:
@@ -19,8 +25,12 @@ class OutboxProvider:
         self.folder = Path(folder)
 
     def path_for(self, message: Message) -> Path:
-        safe = re.sub(r"[^\w.@+-]", "_", message.to)
-        return self.folder / f"{message.key}-{safe}.eml"
+        """`<key>-<address>` made safe and cut short, then a hash of both: the same message always
+        gets the same file, two messages never share one, and no name leaves the folder."""
+        readable = UNSAFE.sub("_", f"{message.key}-{message.to}").encode()[:READABLE_BYTES]
+        readable = readable.decode(errors="ignore").strip(".")  # a cut never splits a character
+        unique = hashlib.sha256(f"{message.key}\x00{message.to}".encode()).hexdigest()[:12]
+        return self.folder / f"{readable}-{unique}.eml"
 
     def send(self, messages: list[Message], idempotency_key: str) -> BatchResult:
         outcomes = []
