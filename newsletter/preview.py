@@ -35,7 +35,7 @@ def render_preview(settings: Settings, file: Path, categories: list[str] | None,
     digest = load_digest(file, settings)
     email = (renderer or Renderer(settings)).render(digest, categories)
     links = preview_links(settings, digest)
-    email.html, email.text = personalize(email.html, links), personalize(email.text, links)
+    email.html, email.text = personalize(email.html, links, html=True), personalize(email.text, links)
     return email, [str(w) for w in digest.warnings] + email.warnings()
 
 

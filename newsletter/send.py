@@ -294,9 +294,11 @@ class Sender:
 
     def send(self, run: Run, on_progress: Callable[[Progress], None] | None = None) -> Run:
         """Send every remaining delivery of `run`; return the run as it stands at the end."""
-        if run.status == RunStatus.FINISHED:
-            raise SendError(f"run {run.id} is finished; send the issue again with --again")
         self.ledger.acquire(run.id, LEASE_SECONDS)
+        run = self.ledger.run(run.id)  # as it is now that no one else can change it (a cancel takes the lease)
+        if run.status in (RunStatus.FINISHED, RunStatus.CANCELLED):
+            self.ledger.release(run.id)
+            raise SendError(f"run {run.id} is {run.status.value}; send the issue again with `newsletter send`")
         self.run_id, self.leased_at = run.id, self.clock()
         counts = self.ledger.counts(run.id)
         progress = Progress(total=sum(counts.values()), sent=counts["sent"], failed=counts["failed"],

@@ -136,3 +136,22 @@ def test_a_stuck_run_has_a_way_out(cli, db_url, settings, tmp_path, monkeypatch)
     sent_to = sorted(email.message_from_bytes(p.read_bytes())["To"] for p in (tmp_path / "outbox").glob("*.eml"))
     assert sent_to == sorted(set(emails) - set(delivered) - set(in_flight))
     assert cli("send", digest_path, "--yes").code == 1, "finished now: not again without --again"
+
+
+def test_a_cancelled_run_is_never_sent_on(subs, settings, tmp_path):
+    """A process that loaded the run before it was cancelled finds out once it holds the lease."""
+    from newsletter.providers.outbox import OutboxProvider
+    from newsletter.render import Renderer
+    from newsletter.send import Composer, Sender, render_variants
+
+    add_readers(subs, 8)
+    digest, ledger, run, _, _ = half_sent(subs, settings)
+    stale_view = ledger.run(run.id)
+    ledger.cancel(run.id)
+    variants = render_variants(Renderer(settings), digest, ledger.variants(run.id))
+    provider = OutboxProvider(tmp_path / "outbox")
+    sender = Sender(ledger, provider, Composer(settings, digest, variants), rate=1000.0)
+    with pytest.raises(SendError, match="run 1 is cancelled"):
+        sender.send(stale_view)
+    assert ledger.run(run.id).status == RunStatus.CANCELLED
+    assert not (tmp_path / "outbox").exists()
