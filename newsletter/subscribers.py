@@ -391,7 +391,6 @@ class Subscribers:
     def forget(self, email: str) -> None:
         """Erase the reader (GDPR): the row, its events and the copies of its address and token on
         its deliveries go; a keyed one-way hash stays."""
-        key = self._key(create=True)  # before anything is erased: without it, no hash could stay
         with self.engine.begin() as conn:
             address = normalize_email(email)
             reader = self.get(address, conn)
@@ -399,6 +398,7 @@ class Subscribers:
                 return
             if reader is None:
                 raise SubscriberError(f"no reader with address {address}")
+            key = self._key(create=True)  # before anything is erased: without it, no hash could stay
             conn.execute(sa.delete(events).where(events.c.reader_id == reader.id))
             conn.execute(sa.update(deliveries).where(deliveries.c.reader_id == reader.id)
                          .values(email=None, token=None))  # a copy kept for a batch in flight
