@@ -99,8 +99,8 @@ KEYS: dict[str, tuple[str, str]] = {
     "secret_key_file": ("NEWSLETTER_SECRET_KEY_FILE", "path"),
 }
 REQUIRED = ("name", "sender", "base_url", "postal_address")
-PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out", "outbox_dir": "outbox",  # beside newsletter.toml
-                 "secret_key_file": KEY_FILENAME}
+PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out", "outbox_dir": "outbox",
+                 "secret_key_file": KEY_FILENAME}  # beside newsletter.toml
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

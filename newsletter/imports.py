@@ -358,8 +358,9 @@ class ImportSummary:
         if self.decoding.count:
             shown = ", ".join(str(n) for n in self.decoding.lines)
             more = self.decoding.count - len(self.decoding.lines)
-            lines.append(f"not valid UTF-8, read as Windows-1252: line{'s' if self.decoding.count > 1 else ''} "
-                         f"{shown}{f' and {more} more' if more else ''}")
+            plural = "s" if self.decoding.count > 1 else ""
+            lines.append(f"not valid UTF-8, read as Windows-1252: line{plural} {shown}"
+                         f"{f' and {more} more' if more else ''}")
         if self.unmapped:
             tags = ", ".join(f"{tag!r} ({n} row{'s' if n != 1 else ''})" for tag, n in self.unmapped.most_common(10))
             lines.append(f"tags not mapped to a category: {tags}; map one with --map-tag 'TAG=slug'")

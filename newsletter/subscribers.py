@@ -220,17 +220,27 @@ def _valid_domain(domain: str) -> str:
 KEYED_HASH = "hmac-sha256:"  # how a keyed hash starts; older, unkeyed ones are 64 hex digits
 
 
+HASHED_PREFIX = b"newsletter-forgotten:"
+
+
 def email_hash(email: str, key: bytes) -> str:
     """The one-way hash a forgotten address leaves behind, keyed with a secret kept outside the
     database: a copy of the database alone cannot confirm a guessed address."""
-    digest = hmac.digest(key, f"newsletter-forgotten:{email}".encode(), "sha256")
-    return KEYED_HASH + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return _keyed_hash(hmac.new(key, HASHED_PREFIX, "sha256"), email)
+
+
+def _keyed_hash(started: hmac.HMAC, email: str) -> str:
+    # Continuing a copy of an HMAC already fed the key and the prefix: about twice as fast as a new
+    # one per address, which counts when an import checks every row.
+    mac = started.copy()
+    mac.update(email.encode())
+    return KEYED_HASH + base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
 
 
 def unkeyed_email_hash(email: str) -> str:
     """The hash `forget` kept before it was keyed: still recognised, so no forgotten reader
     comes back after an upgrade."""
-    return hashlib.sha256(f"newsletter-forgotten:{email}".encode()).hexdigest()
+    return hashlib.sha256(HASHED_PREFIX + email.encode()).hexdigest()
 
 
 def new_token() -> str:
@@ -250,10 +260,11 @@ class Subscribers:
     def __init__(self, engine: Engine, secret_key: SecretKey | None = None):
         self.engine = engine
         # Loaded on first need: most commands never hash an address, and need no key file.
-        self._secret_key = secret_key if secret_key is not None else functools.partial(load_secret_key, None)
+        self._secret_key = functools.partial(load_secret_key, None) if secret_key is None else secret_key
 
     @classmethod
-    def open(cls, url: str, known: Iterable[Category] = (), secret_key: SecretKey | None = None) -> "Subscribers":
+    def open(cls, url: str, known: Iterable[Category] = (),
+             secret_key: SecretKey | None = None) -> "Subscribers":
         """Readers at `url`. Without `secret_key`: $NEWSLETTER_SECRET_KEY, or ./newsletter.key."""
         subscribers = cls(open_engine(url), secret_key)
         subscribers.sync_categories(known)
@@ -323,11 +334,12 @@ class Subscribers:
             if total > keyed_count:
                 by_hash |= {unkeyed_email_hash(a): a for a in addresses}
             if keyed_count:
-                key = self._key_to_check()
-                by_hash |= {email_hash(a, key): a for a in addresses}
-            found = c.execute(sa.select(suppressions.c.email_hash)
-                              .where(suppressions.c.email_hash.in_(list(by_hash)))).scalars()
-            return {by_hash[h] for h in found}
+                started = hmac.new(self._key_to_check(), HASHED_PREFIX, "sha256")
+                by_hash |= {_keyed_hash(started, a): a for a in addresses}
+            query = sa.select(suppressions.c.email_hash)
+            if total > len(by_hash):  # else reading every hash is cheaper than sending ours
+                query = query.where(suppressions.c.email_hash.in_(list(by_hash)))
+            return {by_hash[h] for h in c.execute(query).scalars() if h in by_hash}
 
     def add(self, email: str, *, name: str | None = None, categories: Iterable[str] = (),
             status: Status = Status.ACTIVE, consent: Consent) -> Reader:
