@@ -27,10 +27,11 @@ def split_slugs(value: str | None) -> list[str]:
 
 
 def shown(text: str | None) -> str:
-    """`text` safe for a terminal: control and text-direction characters as escapes (\\u202e)."""
+    """`text` safe for a terminal: control and text-direction characters as escapes (\\u202e),
+    written as JSON writes them, so JSON output can go through here too."""
     if not text or text.isprintable():
         return text or ""
-    return UNSAFE_CHARACTERS.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+    return UNSAFE_CHARACTERS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 @cli.group()
@@ -89,7 +90,7 @@ def list_(app: App, status: str | None, category: str | None, fmt: str, raw: boo
     elif fmt == "json":
         out.write("[")
         for n, reader in enumerate(rows):
-            out.write(("," if n else "") + "\n  " + json.dumps(reader.as_row(), ensure_ascii=False))
+            out.write(("," if n else "") + "\n  " + shown(json.dumps(reader.as_row(), ensure_ascii=False)))
         out.write("\n]\n")
     else:
         out.write(f"{'EMAIL':<40} {'NAME':<24} {'STATUS':<13} CATEGORIES\n")

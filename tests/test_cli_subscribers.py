@@ -195,11 +195,14 @@ def test_list_and_show_escape_control_and_direction_characters(cli, db_url, sess
     subs.close()
     listed = cli("subscribers", "list").out
     shown = cli("subscribers", "show", "ok@example.com").out
-    for out in (listed, shown):
+    as_json = cli("subscribers", "list", "--format", "json").out
+    for out in (listed, shown, as_json):
         assert "\u202e" not in out and "\x1b" not in out and "\x07" not in out and "\u2066" not in out
-        assert "Eve\\u202eexe.txt\\x1b[2J\\x07\\u2066"[:24] in out
+    assert "Eve\\u202eexe.txt\\u001b[2J\\u0007\\u2066"[:24] in listed
     assert "x\\u202e@example.com" in listed
-    assert "name:            Eve\\u202eexe.txt\\x1b[2J\\x07\\u2066" in shown
+    assert "name:            Eve\\u202eexe.txt\\u001b[2J\\u0007\\u2066" in shown
+    assert {r["email"]: r["name"] for r in json.loads(as_json)} == {  # still the same data
+        "ok@example.com": "Eve\u202eexe.txt\x1b[2J\x07\u2066", "x\u202e@example.com": "X"}
 
 
 def test_forget_makes_the_key_file_beside_the_settings(run, monkeypatch, tmp_path):

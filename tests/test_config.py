@@ -66,6 +66,8 @@ def test_settings_from_the_environment_alone(tmp_path, monkeypatch):
     (MINIMAL.replace('slug = "ai-tech"', 'slug = "AI Tech"'), "key 'categories' slug 'AI Tech' must be"),
     (MINIMAL.replace("postal_address = ", "postal_address = = "), ":5: invalid TOML"),
     (MINIMAL.replace('name = "AI Tech"', "name = 3"), "key 'categories' entries need a 'slug' and a 'name'"),
+    (MINIMAL.replace('name = "AI Tech"', 'name = "AI \\u202eTech"'),
+     "key 'categories' name 'AI \\u202eTech' must not contain control or text-direction characters"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, message):
     path = write(tmp_path, text)
