@@ -40,14 +40,23 @@ def generate(path: Path, rows: int) -> None:
                           f"{i:010x}", tags])
 
 
-def child(csv_path: str, db_url: str) -> None:
+def child(csv_path: str, db_url: str, forgotten: int) -> None:
     from newsletter.config import load_settings
     from newsletter.imports import import_csv
-    from newsletter.subscribers import Subscribers
+    from newsletter.store import insert_many, suppressions, utcnow
+    from newsletter.subscribers import Subscribers, email_hash, unkeyed_email_hash
 
     settings = load_settings(ROOT / "newsletter.toml", env={})
     start = time.perf_counter()
-    subs = Subscribers.open(db_url, settings.categories)
+    key = b"benchmark-key-" + b"k" * 32
+    subs = Subscribers.open(db_url, settings.categories, secret_key=key)
+    if forgotten:  # forgotten addresses, keyed and from before the key: every row is checked against both
+        with subs.engine.begin() as conn:
+            conn.execute(suppressions.delete())
+            now = utcnow()
+            insert_many(conn, suppressions, [
+                {"email_hash": h(f"gone{i}@example.com"), "reason": "forgotten", "created_at": now}
+                for i in range(forgotten) for h in (unkeyed_email_hash, lambda a: email_hash(a, key))])
     opened = time.perf_counter()
     summary = import_csv(subs, Path(csv_path))
     done = time.perf_counter()
@@ -55,8 +64,8 @@ def child(csv_path: str, db_url: str) -> None:
     print(f"{done - opened:.2f}|{opened - start:.2f}|{peak:.0f}|{summary.report_lines()[1]}")
 
 
-def measure(csv_path: Path, db_url: str) -> tuple[float, float, float, str]:
-    out = subprocess.run([sys.executable, __file__, "--child", str(csv_path), db_url],
+def measure(csv_path: Path, db_url: str, forgotten: int) -> tuple[float, float, float, str]:
+    out = subprocess.run([sys.executable, __file__, "--child", str(csv_path), db_url, str(forgotten)],
                          check=True, capture_output=True, text=True).stdout.strip()
     seconds, open_seconds, peak, line = out.split("|", 3)
     return float(seconds), float(open_seconds), float(peak), line
@@ -65,22 +74,25 @@ def measure(csv_path: Path, db_url: str) -> tuple[float, float, float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--forgotten", type=int, default=0,
+                        help="forgotten addresses of each kind (keyed, and older unkeyed hashes) stored beforehand")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child)
+        child(args.child[0], args.child[1], int(args.child[2]))
         return
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = Path(tmp) / "export.csv"
         generate(csv_path, args.rows)
         db_url = f"sqlite:///{tmp}/subscribers.db"
-        print(f"file: {args.rows:,} rows, {csv_path.stat().st_size / 1e6:.1f} MB (Mailchimp format)")
-        first = measure(csv_path, db_url)
+        print(f"file: {args.rows:,} rows, {csv_path.stat().st_size / 1e6:.1f} MB (Mailchimp format)"
+              + (f"; {2 * args.forgotten:,} forgotten addresses stored" if args.forgotten else ""))
+        first = measure(csv_path, db_url, args.forgotten)
         print(f"first import into a fresh database: {first[0]:.2f} s "
               f"({args.rows / first[0]:,.0f} rows/s; goal under 5 s), peak memory {first[2]:.0f} MB, "
               f"creating the database {first[1]:.2f} s")
         print(f"  {first[3]}")
-        again = measure(csv_path, db_url)
+        again = measure(csv_path, db_url, args.forgotten)
         print(f"same file again (nothing to change): {again[0]:.2f} s, peak memory {again[2]:.0f} MB")
         print(f"  {again[3]}")
 

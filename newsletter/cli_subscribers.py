@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -15,14 +14,24 @@ from rich.table import Table
 from .cli import App, cli, pass_app, shown_path
 from .imports import FORMATS, import_csv
 from .files import atomic_writer
+from .config import UNSAFE_CHARACTERS
 from .store import current_revision, database_exists, head_revision, open_engine
-from .subscribers import EXPORT_COLUMNS, Consent, ConsentMethod, Status, Subscribers
+from .subscribers import Consent, ConsentMethod, Status, Subscribers, write_csv
 
 STATUS = click.Choice([s.value for s in Status])
+RAW_HELP = "Write cells exactly as stored, even those a spreadsheet would run as a formula."
 
 
 def split_slugs(value: str | None) -> list[str]:
     return [s.strip() for s in (value or "").split(",") if s.strip()]
+
+
+def shown(text: str | None) -> str:
+    """`text` safe for a terminal: control and text-direction characters as escapes (\\u202e),
+    written as JSON writes them, so JSON output can go through here too."""
+    if not text or text.isprintable():
+        return text or ""
+    return UNSAFE_CHARACTERS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 @cli.group()
@@ -60,7 +69,7 @@ def show(app: App, email: str, token: bool) -> None:
     """Show everything stored about EMAIL."""
     reader = app.subscribers.require(email)
     for key, value in reader.as_row().items():
-        click.echo(f"{key + ':':<17}{value}")
+        click.echo(f"{key + ':':<17}{shown(value)}")
     if token:
         click.echo(f"{'token:':<17}{reader.token}")
 
@@ -70,24 +79,23 @@ def show(app: App, email: str, token: bool) -> None:
 @click.option("--category", help="Only readers of this category (slug).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
+@click.option("--raw", is_flag=True, help=f"With --format csv: {RAW_HELP[0].lower()}{RAW_HELP[1:]}")
 @pass_app
-def list_(app: App, status: str | None, category: str | None, fmt: str) -> None:
+def list_(app: App, status: str | None, category: str | None, fmt: str, raw: bool) -> None:
     """List readers, streaming: works the same for ten readers or a million."""
     rows = app.subscribers.iter_readers(Status(status) if status else None, category)
     out = sys.stdout
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(reader.as_row() for reader in rows)
+        write_csv(out, rows, raw=raw)
     elif fmt == "json":
         out.write("[")
         for n, reader in enumerate(rows):
-            out.write(("," if n else "") + "\n  " + json.dumps(reader.as_row(), ensure_ascii=False))
+            out.write(("," if n else "") + "\n  " + shown(json.dumps(reader.as_row(), ensure_ascii=False)))
         out.write("\n]\n")
     else:
         out.write(f"{'EMAIL':<40} {'NAME':<24} {'STATUS':<13} CATEGORIES\n")
         for reader in rows:
-            out.write(f"{reader.email:<40} {(reader.name or '')[:24]:<24} {reader.status.value:<13} "
+            out.write(f"{shown(reader.email):<40} {shown(reader.name)[:24]:<24} {reader.status.value:<13} "
                       f"{','.join(reader.categories)}\n")
 
 
@@ -145,11 +153,12 @@ def forget(app: App, email: str, yes: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--status", type=STATUS, help="Only readers with this status.")
 @click.option("--category", help="Only readers of this category (slug).")
+@click.option("--raw", is_flag=True, help=RAW_HELP)
 @pass_app
-def export(app: App, file: Path, status: str | None, category: str | None) -> None:
-    """Export readers to FILE as CSV (written whole or not at all)."""
+def export(app: App, file: Path, status: str | None, category: str | None, raw: bool) -> None:
+    """Export readers to FILE as CSV (written whole or not at all), safe to open in a spreadsheet."""
     with atomic_writer(file) as out:
-        n = app.subscribers.export_csv(out, Status(status) if status else None, category)
+        n = app.subscribers.export_csv(out, Status(status) if status else None, category, raw=raw)
     click.echo(f"exported {n} readers to {shown_path(file)}")
 
 

@@ -1,23 +1,35 @@
 """Settings: `newsletter.toml`, each key overridable by a `NEWSLETTER_*` environment variable.
 
-Secrets (API keys, SMTP passwords) are never read from the file, only from the environment.
+Secrets (API keys, SMTP passwords, a database password) are never read from the file, only from
+the environment; the secret key for hashes kept in the database lives in a key file of its own.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import tomllib
 from dataclasses import dataclass, field, replace
-from email.utils import parseaddr
+from email.headerregistry import HeaderRegistry
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
 CONFIG_FILENAME = "newsletter.toml"
+KEY_FILENAME = "newsletter.key"
+SECRET_KEY_VAR = "NEWSLETTER_SECRET_KEY"
+SECRET_KEY_MIN = 32  # characters in $NEWSLETTER_SECRET_KEY, bytes in a key file
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 SECRET_HINTS = ("key", "password", "secret", "token")
+# Control characters (C0, DEL, C1), line and paragraph separators, and the invisible marks that
+# reorder text (bidirectional embeddings, overrides, isolates, LRM/RLM/ALM): they can end an email
+# header early or make a terminal show something other than what is stored.
+UNSAFE_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+URL_FORBIDDEN = re.compile(r"[\s\"'<>\\`{}|^]")
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,7 @@ class Settings:
     smtp_port: int = 587
     smtp_security: str = "starttls"  # starttls | ssl | none
     smtp_username: str | None = None  # the password only from $NEWSLETTER_SMTP_PASSWORD
+    secret_key_file: Path = Path(KEY_FILENAME)  # unless $NEWSLETTER_SECRET_KEY is set
     config_path: Path | None = field(default=None, compare=False)
 
     def category(self, slug: str) -> Category | None:
@@ -83,9 +96,11 @@ KEYS: dict[str, tuple[str, str]] = {
     "smtp_port": ("NEWSLETTER_SMTP_PORT", "count:1,65535"),
     "smtp_security": ("NEWSLETTER_SMTP_SECURITY", "choice:starttls,ssl,none"),
     "smtp_username": ("NEWSLETTER_SMTP_USERNAME", "text"),
+    "secret_key_file": ("NEWSLETTER_SECRET_KEY_FILE", "path"),
 }
 REQUIRED = ("name", "sender", "base_url", "postal_address")
-PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out", "outbox_dir": "outbox"}  # beside newsletter.toml
+PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out", "outbox_dir": "outbox",
+                 "secret_key_file": KEY_FILENAME}  # beside newsletter.toml
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -151,28 +166,84 @@ def _parse(key: str, value: Any, source: Path | str, base_dir: Path) -> Any:
         return _parse_number(kind, value, bad)
     if not isinstance(value, str):
         raise bad(f"must be a string, got {type(value).__name__}")
+    if unsafe := UNSAFE_CHARACTERS.search(value):  # the value is not shown: it may be a secret
+        raise bad(f"must not contain control or text-direction characters, found {unsafe.group()!r} "
+                  f"at position {unsafe.start() + 1}")
     value = value.strip()
     if kind == "url":
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise bad(f"must be an http(s) URL, got {value!r}")
-        return value.rstrip("/")
+        return _parse_url(value, bad)
     if kind == "database":
-        if not re.match(r"^[a-z][a-z0-9+]*://", value):
-            raise bad(f"must be an SQLAlchemy URL like sqlite:///subscribers.db or "
-                      f"postgresql+psycopg://user@host/db, got {value!r}")
-        return value
+        return _parse_database_url(value, source, bad)
     if kind.startswith("choice:"):
         choices = kind.split(":", 1)[1].split(",")
         if value not in choices:
             raise bad(f"must be one of {', '.join(choices)}, got {value!r}")
         return value
-    if kind == "address":
-        if "@" not in parseaddr(value)[1]:
-            raise bad(f"must be an email address like 'Name <me@example.com>', got {value!r}")
+    if kind == "address" and not _is_one_address(value):
+        raise bad(f"must be an email address, exactly one, like 'Name <me@example.com>', got {value!r}")
     if kind == "path":
         path = Path(value).expanduser()
         return path if path.is_absolute() else base_dir / path
     return value
+
+
+def _parse_url(value: str, bad) -> str:
+    """An absolute http(s) URL with a host, nothing that could end an attribute or a header, no
+    query or fragment (reader links are built by appending a path)."""
+    parts = urlsplit(value)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok \
+            or URL_FORBIDDEN.search(value) or "@" in parts.netloc or "?" in value or "#" in value:
+        raise bad(f"must be an http(s) URL like https://news.example.com (a host; no query, fragment, "
+                  f"quotes, spaces, <> or backslashes), got {_without_password(value)!r}")
+    return value.rstrip("/")
+
+
+def _parse_database_url(value: str, source: Path | str, bad) -> str:
+    if not re.match(r"^[a-z][a-z0-9+]*://", value):
+        raise bad(f"must be an SQLAlchemy URL like sqlite:///subscribers.db or "
+                  f"postgresql+psycopg://user@host/db, got {_without_password(value)!r}")
+    if isinstance(source, Path) and _has_password(value):
+        raise bad("holds a password; secrets are read only from the environment: "
+                  "set $NEWSLETTER_DATABASE_URL instead")
+    return value
+
+
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url  # the parser the store will use, so both agree
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - the store reports a URL it cannot parse
+        return False
+    return bool(parsed.password) or any(
+        name.lower() in ("password", "passwd") for name in parsed.query)
+
+
+def _without_password(url: str) -> str:
+    """`url` safe to show: everything before an @ (where a password would be) and any
+    password=... parameter masked."""
+    if "@" in url:
+        url = "***@" + url.rpartition("@")[2]
+    return re.sub(r"(?i)(passw(or)?d=)[^&]*", r"\1***", url)
+
+
+_HEADERS = HeaderRegistry()
+
+
+def _is_one_address(value: str) -> bool:
+    """True if `value` is exactly one address (`me@x.com` or `Name <me@x.com>`), nothing around it."""
+    try:
+        header = _HEADERS("reply-to", value)
+        addresses = header.addresses
+    except Exception:  # noqa: BLE001 - the parser fails on some malformed input, e.g. "a@"
+        return False
+    return (not header.defects and len(addresses) == 1 and header.groups[0].display_name is None
+            and bool(addresses[0].username) and bool(addresses[0].domain)
+            and len(getaddresses([value])) == 1)
 
 
 def _parse_number(kind: str, value: Any, bad) -> float | int:
@@ -212,5 +283,62 @@ def _parse_categories(value: Any, bad) -> tuple[Category, ...]:
             raise bad(f"slug {item['slug']!r} must be lowercase letters, digits and dashes")
         if any(c.slug == item["slug"] for c in categories):
             raise bad(f"slug {item['slug']!r} is listed twice")
+        if unsafe := UNSAFE_CHARACTERS.search(item["name"]):
+            raise bad(f"name {item['name'].strip()!r} must not contain control or text-direction "
+                      f"characters ({unsafe.group()!r})")
         categories.append(Category(item["slug"], item["name"].strip()))
     return tuple(categories)
+
+
+# -- the secret key ---------------------------------------------------------------------------
+
+def load_secret_key(settings: Settings | None, env: Mapping[str, str] | None = None, *,
+                    create: bool = True) -> bytes:
+    """The key for HMACs kept in the database: $NEWSLETTER_SECRET_KEY, else the key file (made on
+    first need with 32 random bytes, mode 0600, unless `create` is false)."""
+    env = os.environ if env is None else env
+    if value := env.get(SECRET_KEY_VAR, ""):
+        if len(value) < SECRET_KEY_MIN:
+            raise ConfigError(f"must be at least {SECRET_KEY_MIN} characters, got {len(value)}",
+                              path=SECRET_KEY_VAR)
+        return value.encode()
+    path = settings.secret_key_file if settings is not None else Path.cwd() / KEY_FILENAME
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        if not create:
+            raise ConfigError(f"secret key file not found and ${SECRET_KEY_VAR} is not set",
+                              path=path) from None
+        key = _create_key_file(path)
+    except OSError as e:
+        raise ConfigError(f"cannot read the secret key file: {e.strerror}", path=path) from None
+    if len(key) < SECRET_KEY_MIN:
+        raise ConfigError(f"the secret key file holds {len(key)} bytes, fewer than {SECRET_KEY_MIN}: "
+                          "restore it from your backup", path=path)
+    return key
+
+
+def _create_key_file(path: Path) -> bytes:
+    """Write a new key beside its final name, then link it there: another process creating the
+    key at the same moment never sees a half-written file, and the first one wins."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:  # the key must outlive a crash as surely as the hashes made with it
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot create the secret key file: {e.strerror}", path=path) from None

@@ -10,21 +10,20 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
-import ipaddress
 import datetime as dt
 import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import sqlalchemy as sa
 
 from .errors import SubscriberError
-from .store import insert_many, reader_categories, readers, suppressions, utcnow
-from .subscribers import (STOPPED, TRANSITIONS, Status, Subscribers, email_hash, log_event, new_token,
-                          normalize_email, transition)
+from .store import insert_many, reader_categories, readers, utcnow
+from .subscribers import (STOPPED, TRANSITIONS, Consent, ConsentMethod, Status, Subscribers, clean_name,
+                          log_event, new_reader_row, normalize_email, transition)
 
 CHUNK = 5000
 
@@ -42,26 +41,6 @@ class Row:
     consent_ip: str | None = None
     skip: str | None = None  # a reason the format itself gives to leave the row out
     invalid: str | None = None  # what is wrong with the line
-
-    def __post_init__(self) -> None:
-        if self.name:
-            self.name = self.name[:200]
-        if self.consent_ip:
-            self.consent_ip = _ip(self.consent_ip)
-
-
-IPV4_RE = re.compile(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}")
-
-
-def _ip(text: str) -> str | None:
-    """The address in its standard form, or None if it is not one (it is only a record)."""
-    text = text.strip()
-    if IPV4_RE.fullmatch(text):  # the usual case, without ipaddress's slower parse
-        return text
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
 
 
 # -- formats ------------------------------------------------------------------------------------
@@ -223,22 +202,41 @@ FORMATS = {f.name: f for f in (Mailchimp(), Substack(), Buttondown(), Generic())
 
 # -- reading ------------------------------------------------------------------------------------
 
+LINES_SHOWN = 10  # line numbers the summary lists for lines read as Windows-1252
+LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # where a line ends with a bare CR (old Mac files)
+
+
+@dataclass
+class Decoding:
+    """Lines that were not valid UTF-8 and were read as Windows-1252: how many, and the first ones."""
+
+    count: int = 0
+    lines: list[int] = field(default_factory=list)
+
+    def add(self, line: int) -> None:
+        self.count += 1
+        if len(self.lines) < LINES_SHOWN:
+            self.lines.append(line)
+
+
 @dataclass
 class Source:
     format: Format
     rows: Iterator[Row]
     total: int
+    decoding: Decoding  # filled in as the rows are read
 
 
 def open_source(path: Path, fmt: str | None = None, email_column: str | None = None) -> Source:
     """Recognize the file's format from its header; its rows are read lazily, a line at a time."""
-    encoding, lines, head = _survey(path)
+    lines, head = _survey(path)
     try:
         dialect = csv.Sniffer().sniff(head, delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    handle = path.open(encoding=encoding, errors="replace", newline="")
-    reader = csv.reader(handle, dialect)
+    handle = path.open("rb")
+    decoding = Decoding()
+    reader = csv.reader(_decoded_lines(handle, decoding), dialect)
     header = next(reader, None)
     if not header:
         handle.close()
@@ -265,32 +263,51 @@ def open_source(path: Path, fmt: str | None = None, email_column: str | None = N
                     if any(v.strip() for v in values):
                         yield chosen.read(dict(zip(columns, values)), line)
                 line = reader.line_num + 1
-    return Source(chosen, rows(), max(lines - 1, 0))
+    return Source(chosen, rows(), max(lines - 1, 0), decoding)
 
 
-def _survey(path: Path) -> tuple[str, int, str]:
-    """One streaming pass: the encoding (UTF-8, else Excel's cp1252), the line count, the start."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    encoding, lines, head, last = "utf-8-sig", 0, b"", b""
+def _decoded_lines(f: BinaryIO, decoding: Decoding) -> Iterator[str]:
+    """The file's lines as text, each decoded on its own: UTF-8, else Windows-1252 for that line
+    alone (noted in `decoding`), so one stray byte from Excel cannot garble the rest of the file.
+
+    Splitting before decoding is safe: a line break byte is never part of a longer character in
+    UTF-8 or Windows-1252. Each line keeps its line break, as the csv module wants it.
+    """
+    number = 0
+    for raw in _physical_lines(f):
+        if number == 0 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        number += 1
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            decoding.add(number)
+            yield raw.decode("cp1252", errors="replace")
+
+
+def _physical_lines(f: BinaryIO) -> Iterator[bytes]:
+    """Lines ending in LF, CRLF or a bare CR, as a text file opened with newline="" would give them."""
+    for raw in f:
+        if b"\r" in raw and raw.find(b"\r") != len(raw) - 2:  # more than a CRLF at the end
+            yield from filter(None, LONE_CR.split(raw))
+        else:
+            yield raw
+
+
+def _survey(path: Path) -> tuple[int, str]:
+    """One streaming pass: the line count (for progress) and the start (to sniff the delimiter)."""
+    newlines = returns = 0
+    head, last = b"", b""
     try:
         with path.open("rb") as f:
             while block := f.read(1 << 20):
                 head, last = head or block[:65536], block
-                lines += block.count(b"\n")
-                if encoding == "utf-8-sig":
-                    try:
-                        decoder.decode(block)
-                    except UnicodeDecodeError:
-                        encoding = "cp1252"
-            if encoding == "utf-8-sig":
-                try:
-                    decoder.decode(b"", final=True)  # a character cut off at the very end
-                except UnicodeDecodeError:
-                    encoding = "cp1252"
-            lines += bool(last) and not last.endswith(b"\n")
+                newlines += block.count(b"\n")
+                returns += block.count(b"\r")
     except OSError as e:
         raise SubscriberError(f"{path}: cannot read: {e.strerror}") from None
-    return encoding, lines, head.decode(encoding, errors="ignore")
+    lines = max(newlines, returns) + (bool(last) and not last.endswith((b"\n", b"\r")))
+    return lines, head.decode("utf-8", errors="replace")
 
 
 def _choose_format(path: Path, header: list[str], headers: set[str], fmt: str | None,
@@ -326,6 +343,7 @@ class ImportSummary:
     skipped: Counter = field(default_factory=Counter)  # by reason
     invalid: list[tuple[int, str]] = field(default_factory=list)
     unmapped: Counter = field(default_factory=Counter)  # tag -> rows
+    decoding: Decoding = field(default_factory=Decoding)  # lines read as Windows-1252
 
     def report_lines(self) -> list[str]:
         added = sum(self.added.values())
@@ -337,6 +355,12 @@ class ImportSummary:
                  f"invalid {len(self.invalid)}"]
         lines += [f"skipped {n}: {reason}" for reason, n in self.skipped.most_common()]
         lines += [f"invalid: line {line}: {reason}" for line, reason in self.invalid]
+        if self.decoding.count:
+            shown = ", ".join(str(n) for n in self.decoding.lines)
+            more = self.decoding.count - len(self.decoding.lines)
+            plural = "s" if self.decoding.count > 1 else ""
+            lines.append(f"not valid UTF-8, read as Windows-1252: line{plural} {shown}"
+                         f"{f' and {more} more' if more else ''}")
         if self.unmapped:
             tags = ", ".join(f"{tag!r} ({n} row{'s' if n != 1 else ''})" for tag, n in self.unmapped.most_common(10))
             lines.append(f"tags not mapped to a category: {tags}; map one with --map-tag 'TAG=slug'")
@@ -349,28 +373,29 @@ def import_csv(subs: Subscribers, path: Path, *, fmt: str | None = None, email_c
                map_tags: dict[str, str] | None = None, categories: Iterable[str] = (),
                dry_run: bool = False, progress: Callable[[int, int], None] | None = None) -> ImportSummary:
     """Import the readers of a CSV file; see the module docstring for the rules."""
+    path = Path(path)
     extra = subs.check_categories(categories)
     mapping = _tag_mapping(subs, map_tags or {})
-    source = open_source(Path(path), fmt, email_column)
-    summary = ImportSummary(Path(path), source.format.title, dry_run)
-    consent_source = f"{source.format.name}:{Path(path).name}"[:300]
-    seen: dict[str, Status] = {}  # address -> the status its rows so far gave it
+    source = open_source(path, fmt, email_column)
+    summary = ImportSummary(path, source.format.title, dry_run, decoding=source.decoding)
+    importer = _Importer(subs, summary, mapping, extra, f"{source.format.name}:{path.name}")
     done = 0
     chunk: list[Row] = []
     for row in source.rows:
         chunk.append(row)
         if len(chunk) == CHUNK:
-            done += _import_chunk(subs, chunk, seen, mapping, extra, consent_source, summary)
+            importer.import_chunk(chunk)
+            done += len(chunk)
             chunk = []
             if progress:
                 progress(done, source.total)
-    done += _import_chunk(subs, chunk, seen, mapping, extra, consent_source, summary)
+    importer.import_chunk(chunk)
     if progress:
-        progress(done, source.total)
+        progress(done + len(chunk), source.total)
     if not dry_run:
         with subs.engine.begin() as conn:
-            log_event(conn, None, "import", file=Path(path).name, format=source.format.name,
-                               added=sum(summary.added.values()), updated=summary.updated)
+            log_event(conn, None, "import", file=path.name, format=source.format.name,
+                      added=sum(summary.added.values()), updated=summary.updated)
     return summary
 
 
@@ -384,112 +409,148 @@ def _tag_mapping(subs: Subscribers, map_tags: dict[str, str]) -> dict[str, str]:
     return mapping
 
 
-def _import_chunk(subs: Subscribers, rows: list[Row], seen: dict[str, Status], mapping: dict[str, str],
-                  extra: tuple[str, ...], consent_source: str, summary: ImportSummary) -> int:
-    by_address: dict[str, tuple[Row, str, tuple[str, ...]]] = {}
-    for row in rows:
-        if row.invalid:
-            summary.invalid.append((row.line, row.invalid))
-            continue
-        if row.skip:
-            summary.skipped[row.skip] += 1
-            continue
-        try:
-            address = normalize_email(row.email)
-        except SubscriberError as e:
-            summary.invalid.append((row.line, str(e)))
-            continue
-        if address in seen:
-            # An address twice: the first line counts, unless a later one stops the reader.
-            if not (row.status in STOPPED and seen[address] not in STOPPED):
-                summary.skipped["the same address is on an earlier line"] += 1
-                continue
-            if address in by_address:  # the earlier line is in this chunk: it takes the stop
-                first, _, slugs = by_address[address]
-                by_address[address] = (dataclasses.replace(first, status=row.status), address, slugs)
-                seen[address] = row.status
-                continue
-        seen[address] = row.status
-        slugs = list(extra)
-        for tag in row.tags:
-            slug = mapping.get(tag.lower())
-            if slug is None:
-                summary.unmapped[tag] += 1
-            elif slug not in slugs:
-                slugs.append(slug)
-        by_address[address] = (row, address, tuple(slugs))
-    wanted = list(by_address.values())
-    if not wanted:
-        return len(rows)
+@dataclass
+class _Plan:
+    """What one chunk of the file writes, decided before anything is written."""
 
-    with subs.engine.begin() as conn:
-        addresses = [address for _, address, _ in wanted]
-        hashes = {address: email_hash(address) for address in addresses}
-        forgotten = set(conn.execute(sa.select(suppressions.c.email_hash).where(
-            suppressions.c.email_hash.in_(hashes.values()))).scalars())
-        existing = {r.email: r for r in conn.execute(
-            sa.select(readers.c.id, readers.c.email, readers.c.name, readers.c.status)
-            .where(readers.c.email.in_(addresses)))}
-        current: dict[int, set[str]] = {}
-        if existing:
-            for reader_id, slug in conn.execute(sa.select(reader_categories.c.reader_id,
-                                                          reader_categories.c.category)
-                                                .where(reader_categories.c.reader_id.in_(
-                                                    [r.id for r in existing.values()]))):
-                current.setdefault(reader_id, set()).add(slug)
+    new_rows: list[dict] = field(default_factory=list)  # from new_reader_row
+    new_slugs: list[tuple[str, ...]] = field(default_factory=list)  # the categories of each
+    links: list[dict] = field(default_factory=list)  # categories added to known readers
+    changes: list[tuple[int, Status, dict]] = field(default_factory=list)  # reader id, old status, columns
 
-        new_rows, new_slugs, changes, links = [], [], [], []
-        now = utcnow()
-        for row, address, slugs in wanted:
-            if hashes[address] in forgotten:
-                summary.skipped["forgotten at the reader's request"] += 1
-                continue
-            found = existing.get(address)
-            if found is None:
-                new_rows.append({
-                    "email": address, "name": row.name, "status": row.status.value, "token": new_token(),
-                    "created_at": now, "status_changed_at": now,
-                    "confirmed_at": (row.consent_at or now) if row.status == Status.ACTIVE else None,
-                    "unsubscribed_at": now if row.status == Status.UNSUBSCRIBED else None,
-                    "consent_at": row.consent_at or now, "consent_method": "import",
-                    "consent_ip": row.consent_ip, "consent_source": consent_source})
-                new_slugs.append(slugs)
-                summary.added[row.status.value] += 1
-                continue
-            status = Status(found.status)
-            if status in STOPPED and row.status not in STOPPED:
-                summary.skipped[f"{status.value} here: an import never makes them active again"] += 1
-                continue
-            # The file may stop a reader (unsubscribed there) or confirm a pending one, never more.
-            change: dict = {}
-            if row.status != status and row.status in TRANSITIONS[status] and \
-                    (row.status in STOPPED or status == Status.PENDING):
-                change = transition(status, row.status, now)
-            if row.name and not found.name:
-                change["name"] = row.name
-            added_slugs = [s for s in slugs if s not in current.get(found.id, set())]
-            links += [{"reader_id": found.id, "category": s} for s in added_slugs]
-            if change or added_slugs:
-                summary.updated += 1
-                changes.append((found.id, status, change))
-            else:
-                summary.unchanged += 1
-
-        if summary.dry_run:
-            return len(rows)
-        if new_rows:
+    def write(self, conn: sa.Connection) -> None:
+        if self.new_rows:
             # A plain executemany, then the ids by address: RETURNING with executemany runs one
             # statement per row on SQLite.
-            insert_many(conn, readers, new_rows)
+            insert_many(conn, readers, self.new_rows)
             ids = dict(conn.execute(sa.select(readers.c.email, readers.c.id).where(
-                readers.c.email.in_([r["email"] for r in new_rows]))).all())
-            links += [{"reader_id": ids[r["email"]], "category": s} for r, slugs in zip(new_rows, new_slugs)
-                      for s in slugs]
-        insert_many(conn, reader_categories, links)
-        for reader_id, old_status, change in changes:
+                readers.c.email.in_([r["email"] for r in self.new_rows]))).all())
+            self.links += [{"reader_id": ids[r["email"]], "category": s}
+                           for r, slugs in zip(self.new_rows, self.new_slugs) for s in slugs]
+        insert_many(conn, reader_categories, self.links)
+        for reader_id, old_status, change in self.changes:
             if change:
                 conn.execute(sa.update(readers).where(readers.c.id == reader_id).values(**change))
             if "status" in change:
                 log_event(conn, reader_id, "status", old=old_status.value, new=change["status"],
-                                   reason="import")
-    return len(rows)
+                          reason="import")
+
+
+class _Importer:
+    """One import, a chunk of rows at a time: what it has seen so far and what it counts."""
+
+    def __init__(self, subs: Subscribers, summary: ImportSummary, mapping: dict[str, str],
+                 extra: tuple[str, ...], consent_source: str):
+        self.subs, self.summary, self.mapping, self.extra = subs, summary, mapping, extra
+        self.consent_source = consent_source
+        self.seen: dict[str, Status] = {}  # address -> the status its rows so far gave it
+
+    def import_chunk(self, rows: list[Row]) -> None:
+        """Check the rows, plan what they change, and write it (unless a dry run) in one transaction."""
+        wanted = self._wanted(rows)
+        if not wanted:
+            return
+        with self.subs.engine.begin() as conn:
+            plan = self._plan(conn, wanted)
+            if not self.summary.dry_run:
+                plan.write(conn)
+
+    def _wanted(self, rows: list[Row]) -> dict[str, tuple[Row, tuple[str, ...]]]:
+        """Address -> (row, categories) for the rows that count: valid, not skipped, and the first
+        line of each address, unless a later line stops the reader."""
+        wanted: dict[str, tuple[Row, tuple[str, ...]]] = {}
+        for row in rows:
+            address = self._address(row)
+            if address is None:
+                continue
+            if address in self.seen:
+                if not (row.status in STOPPED and self.seen[address] not in STOPPED):
+                    self.summary.skipped["the same address is on an earlier line"] += 1
+                    continue
+                if address in wanted:  # the earlier line is in this chunk: it takes the stop
+                    first, slugs = wanted[address]
+                    wanted[address] = (dataclasses.replace(first, status=row.status), slugs)
+                    self.seen[address] = row.status
+                    continue
+            self.seen[address] = row.status
+            wanted[address] = (row, self._slugs(row))
+        return wanted
+
+    def _address(self, row: Row) -> str | None:
+        """The row's address, normalized; None for a row that is invalid or skipped (counted)."""
+        if row.invalid:
+            self.summary.invalid.append((row.line, row.invalid))
+        elif row.skip:
+            self.summary.skipped[row.skip] += 1
+        else:
+            try:
+                return normalize_email(row.email)
+            except SubscriberError as e:
+                self.summary.invalid.append((row.line, str(e)))
+        return None
+
+    def _slugs(self, row: Row) -> tuple[str, ...]:
+        """The categories a row gets: --categories, plus its tags that map to one (others counted)."""
+        slugs = list(self.extra)
+        for tag in row.tags:
+            slug = self.mapping.get(tag.lower())
+            if slug is None:
+                self.summary.unmapped[tag] += 1
+            elif slug not in slugs:
+                slugs.append(slug)
+        return tuple(slugs)
+
+    def _plan(self, conn: sa.Connection, wanted: dict[str, tuple[Row, tuple[str, ...]]]) -> _Plan:
+        forgotten = self.subs.forgotten(list(wanted), conn)
+        known, categories = _known_readers(conn, [a for a in wanted if a not in forgotten])
+        plan, now = _Plan(), utcnow()
+        for address, (row, slugs) in wanted.items():
+            if address in forgotten:
+                self.summary.skipped["forgotten at the reader's request"] += 1
+            elif address in known:
+                self._update(plan, known[address], row, slugs, categories.get(known[address].id, set()), now)
+            else:
+                consent = Consent(ConsentMethod.IMPORT, source=self.consent_source, ip=row.consent_ip,
+                                  at=row.consent_at)
+                plan.new_rows.append(new_reader_row(address, name=row.name, status=row.status,
+                                                    consent=consent, now=now))
+                plan.new_slugs.append(slugs)
+                self.summary.added[row.status.value] += 1
+        return plan
+
+    def _update(self, plan: _Plan, found, row: Row, slugs: tuple[str, ...], current: set[str],
+                now: dt.datetime) -> None:
+        """Plan what a row may change on a known reader: the file may stop a reader (unsubscribed
+        there) or confirm a pending one, fill an empty name and add categories; never more."""
+        status = Status(found.status)
+        if status in STOPPED and row.status not in STOPPED:
+            self.summary.skipped[f"{status.value} here: an import never makes them active again"] += 1
+            return
+        change: dict = {}
+        if row.status != status and row.status in TRANSITIONS[status] and \
+                (row.status in STOPPED or status == Status.PENDING):
+            change = transition(status, row.status, now)
+        name = clean_name(row.name)
+        if name and not found.name:
+            change["name"] = name
+        added = [s for s in slugs if s not in current]
+        if change or added:
+            plan.links += [{"reader_id": found.id, "category": s} for s in added]
+            plan.changes.append((found.id, status, change))
+            self.summary.updated += 1
+        else:
+            self.summary.unchanged += 1
+
+
+def _known_readers(conn: sa.Connection, addresses: list[str]) -> tuple[dict, dict[int, set[str]]]:
+    """The readers already stored under these addresses (id, email, name, status), and their categories."""
+    known = {r.email: r for r in conn.execute(
+        sa.select(readers.c.id, readers.c.email, readers.c.name, readers.c.status)
+        .where(readers.c.email.in_(addresses)))} if addresses else {}
+    categories: dict[int, set[str]] = {}
+    if known:
+        for reader_id, slug in conn.execute(
+                sa.select(reader_categories.c.reader_id, reader_categories.c.category)
+                .where(reader_categories.c.reader_id.in_([r.id for r in known.values()]))):
+            categories.setdefault(reader_id, set()).add(slug)
+    return known, categories

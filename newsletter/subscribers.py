@@ -1,30 +1,35 @@
 """Readers and what they want to read: statuses, addresses, consent, and the operations on them.
 
-Every status change goes through `change_status`, which refuses impossible transitions and logs
-an event. Only `active` readers are ever sent to.
+A reader becomes a row only through `new_reader_row`, whether added one at a time or imported.
+Every status change goes through `transition`, which refuses impossible transitions. Only `active`
+readers are ever sent to.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import datetime as dt
 import enum
 import functools
 import hashlib
+import hmac
+import ipaddress
 import json
+import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Collection, Iterable, Iterator
 
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from email_validator.rfc_constants import DOT_ATOM_TEXT
 from sqlalchemy.engine import Connection, Engine
 
-from .config import Category
-from .errors import SubscriberError
+from .config import UNSAFE_CHARACTERS, Category, Settings, load_secret_key
+from .errors import ConfigError, SubscriberError
 from .store import (categories, deliveries, events, open_engine, reader_categories, readers,
                     suppressions, utcnow)
 
@@ -54,10 +59,15 @@ def transition(old: Status, new: Status, now: dt.datetime) -> dict:
     a status change is possible (raises SubscriberError if not)."""
     if new not in TRANSITIONS[old]:
         raise SubscriberError(f"is {old.value} and cannot become {new.value}")
-    values = {"status": new.value, "status_changed_at": now}
-    if new == Status.ACTIVE:
-        values["confirmed_at"] = now
-    if new == Status.UNSUBSCRIBED:
+    return _status_columns(new, now)
+
+
+def _status_columns(status: Status, now: dt.datetime, confirmed_at: dt.datetime | None = None) -> dict:
+    """What entering `status` sets: when, and the confirmation or unsubscription it stands for."""
+    values = {"status": status.value, "status_changed_at": now}
+    if status == Status.ACTIVE:
+        values["confirmed_at"] = confirmed_at or now
+    if status == Status.UNSUBSCRIBED:
         values["unsubscribed_at"] = now
     return values
 
@@ -104,10 +114,73 @@ class Reader:
 
 EXPORT_COLUMNS = ["email", "name", "status", "categories", "created_at", "confirmed_at",
                   "unsubscribed_at", "consent_at", "consent_method", "consent_ip", "consent_source"]
+# A cell starting with one of these is run as a formula by Excel, LibreOffice or Google Sheets
+# (=HYPERLINK(...) can send the sheet's data anywhere): OWASP's "CSV injection".
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _iso(value) -> str:
     return value.isoformat(timespec="seconds") if value is not None else ""
+
+
+def spreadsheet_safe(value: str) -> str:
+    """`value` as a CSV cell that no spreadsheet runs: a leading ' where a formula would start."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def write_csv(out: IO[str], readers: Iterable[Reader], *, raw: bool = False) -> int:
+    """Write readers as CSV, cells made spreadsheet-safe unless `raw`; returns how many."""
+    writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    count = 0
+    for reader in readers:
+        row = reader.as_row()
+        writer.writerow(row if raw else {k: spreadsheet_safe(v) for k, v in row.items()})
+        count += 1
+    return count
+
+
+# -- a new reader -------------------------------------------------------------------------------
+
+def new_reader_row(email: str, *, name: str | None, status: Status, consent: Consent,
+                   now: dt.datetime) -> dict:
+    """The columns of a new reader (`email` already normalized): the one place that says how a
+    reader becomes a row, for `Subscribers.add` and imports alike."""
+    consented = consent.at or now
+    return {"email": email, "name": clean_name(name), "token": new_token(), "created_at": now,
+            "confirmed_at": None, "unsubscribed_at": None,
+            **_status_columns(status, now, confirmed_at=consented),
+            "consent_at": consented, "consent_method": consent.method.value,
+            "consent_ip": normalize_ip(consent.ip),
+            "consent_source": consent.source[:300] if consent.source else None}
+
+
+NAME_LENGTH = 200  # what the database holds
+WHITESPACE_CONTROLS = re.compile("\r\n|[\t\n\v\f\r\x85\u2028\u2029]")
+
+
+def clean_name(name: str | None) -> str | None:
+    """A name as stored: no control or text-direction characters (line breaks and tabs become
+    spaces), trimmed, at most NAME_LENGTH characters; None if nothing is left."""
+    if not name:
+        return None
+    if not name.isprintable():  # rare: only then the slower clean-up
+        name = UNSAFE_CHARACTERS.sub("", WHITESPACE_CONTROLS.sub(" ", name))
+    return name.strip()[:NAME_LENGTH].strip() or None
+
+
+IPV4_RE = re.compile(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}")
+
+
+def normalize_ip(text: str | None) -> str | None:
+    """An IP address in its standard form, or None if it is not one (it is only a record)."""
+    text = (text or "").strip()
+    if not text or IPV4_RE.fullmatch(text):  # the usual case, without ipaddress's slower parse
+        return text or None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 # -- addresses ----------------------------------------------------------------------------------
@@ -144,28 +217,64 @@ def _valid_domain(domain: str) -> str:
         raise SubscriberError(f"invalid email domain {domain!r}: {e}") from None
 
 
-def email_hash(email: str) -> str:
-    """The one-way hash a forgotten address leaves behind."""
-    return hashlib.sha256(f"newsletter-forgotten:{email}".encode()).hexdigest()
+KEYED_HASH = "hmac-sha256:"  # how a keyed hash starts; older, unkeyed ones are 64 hex digits
+
+
+HASHED_PREFIX = b"newsletter-forgotten:"
+
+
+def email_hash(email: str, key: bytes) -> str:
+    """The one-way hash a forgotten address leaves behind, keyed with a secret kept outside the
+    database: a copy of the database alone cannot confirm a guessed address."""
+    return _keyed_hash(hmac.new(key, HASHED_PREFIX, "sha256"), email)
+
+
+def _keyed_hash(started: hmac.HMAC, email: str) -> str:
+    # Continuing a copy of an HMAC already fed the key and the prefix: about twice as fast as a new
+    # one per address, which counts when an import checks every row.
+    mac = started.copy()
+    mac.update(email.encode())
+    return KEYED_HASH + base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
+
+
+def unkeyed_email_hash(email: str) -> str:
+    """The hash `forget` kept before it was keyed: still recognised, so no forgotten reader
+    comes back after an upgrade."""
+    return hashlib.sha256(HASHED_PREFIX + email.encode()).hexdigest()
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(24)  # 192 bits
+    """A reader's secret for their links: 192 bits from the operating system's CSPRNG."""
+    return secrets.token_urlsafe(24)
 
 
 # -- the store of readers -----------------------------------------------------------------------
 
-class Subscribers:
-    """Readers in a database. Create with `Subscribers.open(url, categories)`."""
+SecretKey = bytes | Callable[..., bytes]  # the key, or load_secret_key's signature: key(create=...)
 
-    def __init__(self, engine: Engine):
+
+class Subscribers:
+    """Readers in a database. Create with `Subscribers.from_settings(settings)`, or
+    `Subscribers.open(url, categories, secret_key)`."""
+
+    def __init__(self, engine: Engine, secret_key: SecretKey | None = None):
         self.engine = engine
+        # Loaded on first need: most commands never hash an address, and need no key file.
+        self._secret_key = functools.partial(load_secret_key, None) if secret_key is None else secret_key
 
     @classmethod
-    def open(cls, url: str, known: Iterable[Category] = ()) -> "Subscribers":
-        subscribers = cls(open_engine(url))
+    def open(cls, url: str, known: Iterable[Category] = (),
+             secret_key: SecretKey | None = None) -> "Subscribers":
+        """Readers at `url`. Without `secret_key`: $NEWSLETTER_SECRET_KEY, or ./newsletter.key."""
+        subscribers = cls(open_engine(url), secret_key)
         subscribers.sync_categories(known)
         return subscribers
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Subscribers":
+        """Readers in the settings' database, with the settings' secret key."""
+        return cls.open(settings.database_url, settings.categories,
+                        functools.partial(load_secret_key, settings))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -211,9 +320,26 @@ class Subscribers:
         return reader
 
     def is_forgotten(self, email: str, conn: Connection | None = None) -> bool:
+        return bool(self.forgotten([normalize_email(email)], conn))
+
+    def forgotten(self, addresses: Collection[str], conn: Connection | None = None) -> set[str]:
+        """Which of these normalized addresses were forgotten at the reader's request, in one query."""
         with self._conn(conn) as c:
-            return c.execute(sa.select(suppressions.c.email_hash)
-                             .where(suppressions.c.email_hash == email_hash(email))).first() is not None
+            keyed = suppressions.c.email_hash.startswith(KEYED_HASH, autoescape=True)
+            total, keyed_count = c.execute(sa.select(sa.func.count(), sa.func.count().filter(keyed))
+                                           .select_from(suppressions)).one()
+            if not total or not addresses:
+                return set()
+            by_hash: dict[str, str] = {}
+            if total > keyed_count:
+                by_hash |= {unkeyed_email_hash(a): a for a in addresses}
+            if keyed_count:
+                started = hmac.new(self._key_to_check(), HASHED_PREFIX, "sha256")
+                by_hash |= {_keyed_hash(started, a): a for a in addresses}
+            query = sa.select(suppressions.c.email_hash)
+            if total > len(by_hash):  # else reading every hash is cheaper than sending ours
+                query = query.where(suppressions.c.email_hash.in_(list(by_hash)))
+            return {by_hash[h] for h in c.execute(query).scalars() if h in by_hash}
 
     def add(self, email: str, *, name: str | None = None, categories: Iterable[str] = (),
             status: Status = Status.ACTIVE, consent: Consent) -> Reader:
@@ -227,13 +353,8 @@ class Subscribers:
             existing = self.get(address, conn)
             if existing is not None:
                 raise SubscriberError(f"{address} is already a reader ({existing.status.value})")
-            now = consent.at or utcnow()
-            reader_id = conn.execute(sa.insert(readers).values(
-                email=address, name=(name or "").strip() or None, status=status.value,
-                token=new_token(), created_at=now, status_changed_at=now,
-                confirmed_at=now if status == Status.ACTIVE else None,
-                consent_at=now, consent_method=consent.method.value, consent_ip=consent.ip,
-                consent_source=consent.source)).inserted_primary_key[0]
+            reader_id = conn.execute(sa.insert(readers).values(new_reader_row(
+                address, name=name, status=status, consent=consent, now=utcnow()))).inserted_primary_key[0]
             if slugs:
                 conn.execute(sa.insert(reader_categories),
                              [{"reader_id": reader_id, "category": s} for s in slugs])
@@ -280,7 +401,8 @@ class Subscribers:
             return self.get(email, conn) if email else None
 
     def forget(self, email: str) -> None:
-        """Erase the reader (GDPR): the row and its events' details go; a one-way hash stays."""
+        """Erase the reader (GDPR): the row, its events and the copies of its address and token on
+        its deliveries go; a keyed one-way hash stays."""
         with self.engine.begin() as conn:
             address = normalize_email(email)
             reader = self.get(address, conn)
@@ -288,11 +410,12 @@ class Subscribers:
                 return
             if reader is None:
                 raise SubscriberError(f"no reader with address {address}")
+            key = self._key(create=True)  # before anything is erased: without it, no hash could stay
             conn.execute(sa.delete(events).where(events.c.reader_id == reader.id))
             conn.execute(sa.update(deliveries).where(deliveries.c.reader_id == reader.id)
                          .values(email=None, token=None))  # a copy kept for a batch in flight
             conn.execute(sa.delete(readers).where(readers.c.id == reader.id))
-            conn.execute(sa.insert(suppressions).values(email_hash=email_hash(address),
+            conn.execute(sa.insert(suppressions).values(email_hash=email_hash(address, key),
                                                         reason="forgotten", created_at=utcnow()))
             log_event(conn, None, "forgotten")
 
@@ -359,16 +482,26 @@ class Subscribers:
         return ({s.value: by_status.get(s.value, 0) for s in Status},
                 {slug: by_category.get(slug, 0) for slug in self.categories})
 
-    def export_csv(self, out: IO[str], status: Status | None = None, category: str | None = None) -> int:
-        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        count = 0
-        for reader in self.iter_readers(status, category):
-            writer.writerow(reader.as_row())
-            count += 1
-        return count
+    def export_csv(self, out: IO[str], status: Status | None = None, category: str | None = None, *,
+                   raw: bool = False) -> int:
+        """Write the matching readers as CSV (see `write_csv`); returns how many."""
+        return write_csv(out, self.iter_readers(status, category), raw=raw)
 
     # -- plumbing --------------------------------------------------------------------------------
+
+    def _key(self, create: bool) -> bytes:
+        if not isinstance(self._secret_key, bytes):
+            self._secret_key = self._secret_key(create=create)
+        return self._secret_key
+
+    def _key_to_check(self) -> bytes:
+        """The key, which keyed hashes in the database need: its loss is an error, never a
+        silent miss (a forgotten reader would be let back in)."""
+        try:
+            return self._key(create=False)
+        except ConfigError as e:
+            raise SubscriberError(f"{e}; it is needed to recognise the forgotten addresses in the "
+                                  "database (restore it from your backup)") from None
 
     def _conn(self, conn: Connection | None):
         return contextlib.nullcontext(conn) if conn is not None else self.engine.connect()

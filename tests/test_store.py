@@ -1,9 +1,15 @@
+import hashlib
+
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from newsletter.store import Base, create_engine, current_revision, head_revision, open_engine, upgrade
+from newsletter.errors import SubscriberError
 from newsletter.subscribers import Consent, ConsentMethod, Status, Subscribers
+
+from .test_subscribers import secret_key  # noqa: F401 (the key comes from the environment)
 
 
 def test_first_use_creates_the_schema(db_url):
@@ -37,6 +43,10 @@ def test_upgrade_from_the_first_schema_keeps_every_row(db_url, session_settings)
                  "status": "unsubscribed" if i == 7 else "active", "token": f"token-{i:040d}", "now": now})
         conn.execute(sa.text("INSERT INTO reader_categories (reader_id, category) "
                              "SELECT id, 'ai-tech' FROM readers"))
+        # A reader forgotten back then: the hash had no key.
+        forgotten = hashlib.sha256(b"newsletter-forgotten:gone@example.com").hexdigest()
+        conn.execute(sa.text("INSERT INTO suppressions (email_hash, reason, created_at) "
+                             "VALUES (:hash, 'forgotten', :now)"), {"hash": forgotten, "now": now})
     engine.dispose()
 
     subs = Subscribers.open(db_url, session_settings.categories)  # migrates on first use
@@ -49,12 +59,12 @@ def test_upgrade_from_the_first_schema_keeps_every_row(db_url, session_settings)
     assert old.consent_at.year == 2025 and old.consent_source is None
     subs.add("new@example.com", consent=Consent(ConsentMethod.CLI, source="test"))  # the new column works
     assert subs.get("new@example.com").consent_source == "test"
+    with pytest.raises(SubscriberError, match="gone@example.com was forgotten"):  # and stays forgotten
+        subs.add("Gone@example.com", consent=Consent(ConsentMethod.CLI))
     subs.close()
 
 
 def test_bad_database_url_is_one_line(tmp_path):
-    import pytest
-
     from newsletter.errors import StoreError
 
     with pytest.raises(StoreError, match="cannot open database"):
