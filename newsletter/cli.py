@@ -35,7 +35,7 @@ class App:
 
     @cached_property
     def subscribers(self) -> Subscribers:
-        return Subscribers.open(self.settings.database_url, self.settings.categories)
+        return Subscribers.from_settings(self.settings)
 
 
 pass_app = click.make_pass_decorator(App)
