@@ -12,28 +12,42 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from mdit_py_plugins.footnote import footnote_plugin
 
-from . import plaintext
+from . import plaintext, rawhtml
 from .config import Settings
-from .errors import DigestError, Problem
+from .errors import DigestError, Problem, shorten
+from .rawhtml import LINK_STYLE  # noqa: F401  render.py styles its references to match
 
 REF_OPEN, REF_CLOSE = "\x02", "\x03"
-LINK_STYLE = "color:#0b57d0"
 REF_RE = re.compile("\x02([^\x03]*)\x03")
-UNDEFINED_REF_RE = re.compile(r"\[\^([^\]\s]+)\]")
+# `[^label]` left as text. A label stops at the next `[^`, so that every search is linear.
+UNDEFINED_REF_RE = re.compile(r"\[\^((?:[^\]\s\[]|\[(?!\^))+)\]")
 CATEGORIES_COMMENT_RE = re.compile(r"^\s*<!--\s*categories\s*:(.*?)-->\s*$", re.I | re.S)
 SOURCE_RE = re.compile(r"^source\s*:\s*", re.I)
 ROUNDUPS_RE = re.compile(r"^round[- ]?ups?$", re.I)
 PLACEHOLDER_RE = re.compile(r"\b(TK|TODO)\b")
 FENCE_RE = re.compile(r"^ {0,3}(```|~~~)")
-CODE_SPAN_RE = re.compile(r"(`+).+?\1")
-URL_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^\s)>\]]+", re.I)  # a TODO inside a URL is the URL's
+BACKTICKS_RE = re.compile(r"`+")
+# A TODO inside a URL is the URL's. A scheme starts only where a word starts: tried at every
+# letter of a long word, the pattern would take time quadratic in the word's length.
+URL_RE = re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s)>\]]+", re.I)
+# Invisible characters that break the email (\x02 and \x03 mark footnote references inside us;
+# MJML refuses most of the others). Tabs and line ends are text.
+CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+LINE_BREAK_RE = re.compile("[\n\u2028\u2029]")
+BIDI_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
+# fn-N and fnref-N-M are the anchors render.py gives notes and references.
+NOTE_ANCHOR_RE = re.compile(r"fn(ref)?(-|$)")
+# The lists, quotes and footnotes that markdown-it reads only down to `maxNesting` levels.
+CONTAINERS = {"blockquote_open", "list_item_open", "footnote_reference_open"}
+# libyaml when PyYAML was built with it: about 16 times faster than the pure-Python loader.
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 FRONT_MATTER_KEYS = {"title", "subtitle", "date", "author", "categories", "tldr", "preheader",
                      "footnotes"}
 
@@ -127,16 +141,8 @@ def _markdown() -> MarkdownIt:
     rules("html_block", lambda self, tokens, idx, options, env:
           "" if tokens[idx].content.lstrip().startswith("<!--") else tokens[idx].content)
     rules("image", _render_image)
-    rules("link_open", _render_link)
     rules("blockquote_open", lambda *a: '<blockquote class="pull">\n')
     return md
-
-
-def _render_link(self, tokens, idx, options, env) -> str:
-    # Links are the most frequent element of a digest; styling them here spares premailer
-    # (which costs per styled element) most of its work.
-    tokens[idx].attrSet("style", LINK_STYLE)
-    return self.renderToken(tokens, idx, options, env)
 
 
 def _render_image(self, tokens, idx, options, env) -> str:
@@ -159,6 +165,11 @@ class _Checker:
     def __init__(self, path: Path):
         self.file = str(path)
         self.problems: list[Problem] = []
+        self.body_start = 0  # lines before the body: the front matter
+
+    def line_at(self, body_line: int) -> int:
+        """The file's line number of a line of the body (markdown-it counts from 0)."""
+        return self.body_start + body_line + 1
 
     def error(self, line: int | None, message: str) -> None:
         self.problems.append(Problem(self.file, line, message))
@@ -190,11 +201,13 @@ def load_digest(path: str | Path, settings: Settings) -> Digest:
 
 
 def parse_digest(text: str, path: Path, settings: Settings, check: _Checker) -> Digest | None:
-    text = text.replace("\r\n", "\n").lstrip("\ufeff")
+    # markdown-it and YAML both take a lone CR for a line end: count lines the way they do.
+    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     lines = text.split("\n")
     front, body_start = _split_front_matter(lines, check)
     loaded = _load_front_matter(front, check) if front is not None else None
     _check_placeholders(lines, check)
+    body_lines = _without_control_characters(lines[body_start:], body_start, check)
     if loaded is None:  # already reported; the rest would only add noise
         return None
     meta, key_lines = loaded
@@ -204,44 +217,45 @@ def parse_digest(text: str, path: Path, settings: Settings, check: _Checker) -> 
 
     for key in meta:
         if key not in FRONT_MATTER_KEYS:
-            check.warn(line_of(key), f"unknown front matter key '{key}' "
+            check.warn(line_of(key), f"unknown front matter key '{shorten(key)}' "
                        f"(known: {', '.join(sorted(FRONT_MATTER_KEYS))})")
     title = _text_field(meta, "title", line_of, check)
     if not title:
         check.error(1, "front matter has no 'title'")
+    _check_subject(title, line_of("title"), check)
     default_categories = _categories(meta.get("categories"), line_of("categories"), settings, check)
     footnote_mode = meta.get("footnotes", "inline")
     if footnote_mode not in ("inline", "end"):
-        check.error(line_of("footnotes"), f"'footnotes' must be 'inline' or 'end', got {footnote_mode!r}")
+        check.error(line_of("footnotes"),
+                    f"'footnotes' must be 'inline' or 'end', got {shorten(repr(footnote_mode))}")
         footnote_mode = "inline"
     tldr = meta.get("tldr") or []
     if isinstance(tldr, str) or not isinstance(tldr, list) or \
             not all(isinstance(t, (str, int, float)) for t in tldr):
         check.error(line_of("tldr"), "'tldr' must be a list of short lines")
         tldr = []
+    tldr = [_clean_text(str(t), "tldr", line_of(f"tldr.{i}"), check) for i, t in enumerate(tldr)]
 
-    body_lines = lines[body_start:]
+    check.body_start = body_start
     env: dict[str, Any] = {}
     tokens = MD.parse("\n".join(body_lines), env)
-    to_file_line = lambda body_line: body_start + body_line + 1  # noqa: E731
-    _check_references(tokens, body_lines, to_file_line, check)
-    main, footnotes = _take_footnotes(tokens, env, to_file_line, check)
+    _check_nesting(tokens, check)
+    _check_references(tokens, body_lines, check)
+    main, footnotes = _take_footnotes(tokens, env, check)
     opening_tokens, story_chunks = _split_stories(main)
-    opening = _opening(opening_tokens, [str(t) for t in tldr], line_of, env, to_file_line,
-                       settings, check)
-    stories = [_story(chunk, env, to_file_line, default_categories, settings, check)
-               for chunk in story_chunks]
-    _check_anchors(stories)
+    opening = _opening(opening_tokens, tldr, line_of, env, settings, check)
+    stories = [_story(chunk, env, default_categories, settings, check) for chunk in story_chunks]
+    _unique_anchors(stories)
 
     cited = {label for s in [opening, *stories] for label in s.cited_labels}
     for label, note in footnotes.items():
         if label not in cited:
-            check.warn(note.line, f"footnote [^{label}] is defined but never cited")
+            check.warn(note.line, f"footnote [^{shorten(label)}] is defined but never cited")
     if not stories:
         check.warn(body_start + 1, "the digest has no stories (a story starts with a '## ' heading)")
 
     return Digest(
-        path=path, title=title or "", subtitle=_text_field(meta, "subtitle", line_of, check),
+        path=path, title=title, subtitle=_text_field(meta, "subtitle", line_of, check),
         date=_date(meta.get("date"), line_of("date"), check),
         author=_text_field(meta, "author", line_of, check),
         preheader=_text_field(meta, "preheader", line_of, check),
@@ -265,15 +279,22 @@ def _split_front_matter(lines: list[str], check: _Checker) -> tuple[str | None, 
 
 
 def _load_front_matter(front: str, check: _Checker) -> tuple[dict[str, Any], dict[str, int]] | None:
+    loader = YAML_LOADER(front)
     try:
-        node = yaml.compose(front, Loader=yaml.SafeLoader)
-        meta = yaml.safe_load(front)
+        node = loader.get_single_node()  # parsed once: the nodes give lines, then the values
+        if node is not None and not _check_nodes(node, check):
+            return None
+        meta = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         line = mark.line + 2 if mark is not None else 1
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        check.error(line, f"invalid front matter: {problem}")
+        if isinstance(e, yaml.reader.ReaderError):  # a character YAML refuses: at .position
+            line = front.count("\n", 0, e.position) + 2
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e).splitlines()[0]
+        check.error(line, f"invalid front matter: {shorten(problem, 120)}")
         return None
+    finally:
+        loader.dispose()
     if meta is None:
         meta = {}
     if not isinstance(meta, dict):
@@ -289,6 +310,36 @@ def _load_front_matter(front: str, check: _Checker) -> tuple[dict[str, Any], dic
     return meta, key_lines
 
 
+def _check_nodes(root: yaml.Node, check: _Checker) -> bool:
+    """Refuse aliases (700 bytes of them expand to gigabytes) and keys given twice."""
+    seen: set[int] = set()
+    todo: list[tuple[yaml.Node, str, int]] = [(root, "", root.start_mark.line + 2)]
+    fine = True
+    while todo:
+        node, key, line = todo.pop()
+        if id(node) in seen:  # the composer hands out an alias as the very node it names
+            where = f"'{shorten(key)}' uses" if key else "the front matter uses"
+            check.error(line, f"{where} a YAML alias (*name); aliases are not allowed in the "
+                        "front matter")
+            return False
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for k, v in node.value:
+                k_line = k.start_mark.line + 2
+                name = key or (k.value if isinstance(k, yaml.ScalarNode) else "")
+                if isinstance(k, yaml.ScalarNode):
+                    if (k.tag, k.value) in first:
+                        check.error(k_line, f"key '{shorten(k.value)}' is given twice in the front "
+                                    f"matter (first on line {first[k.tag, k.value]})")
+                        fine = False
+                    first.setdefault((k.tag, k.value), k_line)
+                todo += [(k, name, k_line), (v, name, k_line)]
+        elif isinstance(node, yaml.SequenceNode):
+            todo += [(item, key, line) for item in node.value]
+    return fine
+
+
 def _text_field(meta: dict, key: str, line_of: Callable[[str], int], check: _Checker) -> str:
     value = meta.get(key)
     if value is None:
@@ -296,7 +347,26 @@ def _text_field(meta: dict, key: str, line_of: Callable[[str], int], check: _Che
     if isinstance(value, (dict, list)):
         check.error(line_of(key), f"'{key}' must be text")
         return ""
-    return str(value).strip()
+    return _clean_text(str(value).strip(), key, line_of(key), check)
+
+
+def _clean_text(text: str, key: str, line: int, check: _Checker) -> str:
+    """The text without control characters, each an error: they break the email, or worse."""
+    found = CONTROL_RE.search(text)
+    if found is None:
+        return text
+    check.error(line, f"'{key}' contains the control character {ascii(found.group())}; remove it")
+    return CONTROL_RE.sub("", text)
+
+
+def _check_subject(title: str, line: int, check: _Checker) -> None:
+    """The title is the subject: a header, one line long, that shows what it says."""
+    if LINE_BREAK_RE.search(title):
+        check.error(line, "'title' is the subject line and cannot contain a line break")
+    bidi = BIDI_RE.search(title)
+    if bidi:
+        check.warn(line, f"'title' contains the invisible bidirectional control U+{ord(bidi.group()):04X}, "
+                   "which can make the subject read differently from what it is")
 
 
 def _date(value: Any, line: int, check: _Checker) -> dt.date | None:
@@ -305,7 +375,7 @@ def _date(value: Any, line: int, check: _Checker) -> dt.date | None:
     try:
         return dt.date.fromisoformat(str(value).strip())
     except ValueError:
-        check.error(line, f"'date' must be a date like 2026-04-22, got {value!r}")
+        check.error(line, f"'date' must be a date like 2026-04-22, got {shorten(repr(value))}")
         return None
 
 
@@ -324,7 +394,7 @@ def _categories(value: Any, line: int, settings: Settings, check: _Checker, *,
     for slug in slugs:
         if settings.category(slug) is None:
             known = ", ".join(settings.category_slugs) or "none are configured"
-            check.error(line, f"unknown category '{slug}' (known: {known})")
+            check.error(line, f"unknown category '{shorten(slug)}' (known: {known})")
     return slugs
 
 
@@ -336,36 +406,92 @@ def _check_placeholders(lines: list[str], check: _Checker) -> None:
             continue
         if in_fence:
             continue
-        match = PLACEHOLDER_RE.search(URL_RE.sub("", CODE_SPAN_RE.sub("", line)))
+        match = PLACEHOLDER_RE.search(URL_RE.sub("", _without_code_spans(line)))
         if match:
             check.error(number, f"leftover placeholder '{match.group(1)}'")
 
 
+def _without_code_spans(line: str) -> str:
+    """The line without its `code spans`: a run of backticks opens one, the next run of the same
+    length closes it. Runs are paired through one index per length, so the time is linear."""
+    runs = [m.span() for m in BACKTICKS_RE.finditer(line)]
+    if len(runs) < 2:
+        return line
+    by_length: dict[int, list[int]] = {}
+    for index, (start, end) in enumerate(runs):
+        by_length.setdefault(end - start, []).append(index)
+    next_of_length = dict.fromkeys(by_length, 0)  # only ever moves forward
+    parts, kept_from, index = [], 0, 0
+    while index < len(runs):
+        start, end = runs[index]
+        same, at = by_length[end - start], next_of_length[end - start]
+        while at < len(same) and same[at] <= index:
+            at += 1
+        next_of_length[end - start] = at
+        if at == len(same):
+            index += 1  # never closed: literal backticks
+            continue
+        parts.append(line[kept_from:start])
+        kept_from, index = runs[same[at]][1], same[at] + 1
+    parts.append(line[kept_from:])
+    return "".join(parts)
+
+
+def _without_control_characters(lines: list[str], first: int, check: _Checker) -> list[str]:
+    """The body's lines, each control character in them reported and taken out."""
+    cleaned = []
+    for number, line in enumerate(lines, first + 1):
+        found = CONTROL_RE.search(line)
+        if found:
+            check.error(number, f"the text contains the invisible control character "
+                        f"{ascii(found.group())}; remove it")
+            line = CONTROL_RE.sub("", line)
+        cleaned.append(line)
+    return cleaned
+
+
 # -- footnotes ----------------------------------------------------------------------------------
 
-def _undefined_refs(children: list[Token], source: str) -> list[str]:
-    """Labels of `[^label]` left as text: the parser found no definition for them. One the
-    writer escaped (`\\[^label]`) is meant as text."""
-    found = []
-    for child in children:
-        if child.type == "text":
-            for m in UNDEFINED_REF_RE.finditer(child.content):
-                if re.search(r"(?<!\\)" + re.escape(m.group(0)), source):
-                    found.append(m.group(1))
-    return found
+def _written_refs(line: str) -> Iterator[str]:
+    """Labels of the `[^label]` a line holds; one the writer escaped (`\\[^label]`) is text."""
+    for m in UNDEFINED_REF_RE.finditer(line):
+        if m.start() == 0 or line[m.start() - 1] != "\\":
+            yield m.group(1)
 
 
-def _check_references(tokens: list[Token], body_lines: list[str], to_file_line, check: _Checker) -> None:
+def _undefined_refs(children: list[Token], written: dict[str, int]) -> list[str]:
+    """Labels of `[^label]` left as text: the parser found no definition for them. `written`
+    holds the labels written unescaped in the source."""
+    return [m.group(1) for child in children if child.type == "text"
+            for m in UNDEFINED_REF_RE.finditer(child.content) if m.group(1) in written]
+
+
+def _check_references(tokens: list[Token], body_lines: list[str], check: _Checker) -> None:
     for token in tokens:
         if token.type != "inline" or not token.map:
             continue
         first, last = token.map
-        for label in _undefined_refs(token.children or [], "\n".join(body_lines[first:last])):
-            offset = next((i for i in range(first, last) if f"[^{label}]" in body_lines[i]), first)
-            check.error(to_file_line(offset), f"footnote [^{label}] is never defined")
+        written: dict[str, int] = {}  # label -> the first line that writes it
+        for number in range(first, last):
+            for label in _written_refs(body_lines[number]):
+                written.setdefault(label, number)
+        for label in _undefined_refs(token.children or [], written):
+            check.error(check.line_at(written[label]), f"footnote [^{shorten(label)}] is never defined")
 
 
-def _take_footnotes(tokens: list[Token], env, to_file_line, check: _Checker
+def _check_nesting(tokens: list[Token], check: _Checker) -> None:
+    """markdown-it stops reading lists and quotes `maxNesting` levels deep, and silently drops
+    what is nested deeper: refuse to get that far."""
+    limit = MD.options["maxNesting"]
+    for token in tokens:
+        if token.type in CONTAINERS and token.level + 1 >= limit and token.map:
+            check.error(check.line_at(token.map[0]),
+                        f"lists and quotes nest too deep here: Markdown reads only {limit} levels "
+                        "(a list takes two) and would drop the rest")
+            return
+
+
+def _take_footnotes(tokens: list[Token], env, check: _Checker
                     ) -> tuple[list[Token], dict[str, Footnote]]:
     """Pull every footnote definition out of the token stream, wherever the writer put it."""
     main: list[Token] = []
@@ -374,10 +500,10 @@ def _take_footnotes(tokens: list[Token], env, to_file_line, check: _Checker
     label, inside, line = None, [], 0
     for token in tokens:
         if token.type == "footnote_reference_open":
-            label, inside, line = token.meta["label"], [], to_file_line(token.map[0]) if token.map else 0
+            label, inside, line = token.meta["label"], [], check.line_at(token.map[0]) if token.map else 0
         elif token.type == "footnote_reference_close" and label is not None:
             if label in lines:
-                check.error(line, f"footnote [^{label}] is defined twice (first on line {lines[label]})")
+                check.error(line, f"footnote [^{shorten(label)}] is defined twice (first on line {lines[label]})")
             else:
                 lines[label] = line
                 note = _footnote(label, inside, env, line, check)
@@ -396,28 +522,27 @@ def _footnote(label: str, tokens: list[Token], env, line: int, check: _Checker) 
     children = first_inline.children if first_inline else []
     link = next((c for c in children or [] if c.type == "link_open"), None)
     if link is None or not str(link.attrGet("href") or "").strip():
-        check.error(line, f"footnote [^{label}] has no source link; "
-                    f"write [^{label}]: [Source title](https://...)")
+        check.error(line, f"footnote [^{shorten(label)}] has no source link; "
+                    f"write [^{shorten(label)}]: [Source title](https://...)")
         return None
     idx = children.index(link)
     close = next(i for i in range(idx, len(children)) if children[i].type == "link_close")
     title = "".join(c.content for c in children[idx + 1:close] if c.type in ("text", "code_inline"))
     quote_tokens = _between(tokens, "blockquote_open", "blockquote_close")
     if any(t.type == "footnote_ref" for t in tokens if t.type == "inline" for t in t.children or []):
-        check.error(line, f"footnote [^{label}] cites a note; a note cannot cite another note")
+        check.error(line, f"footnote [^{shorten(label)}] cites a note; a note cannot cite another note")
         return None
     blocks = sum(1 for t in tokens if t.nesting == 1 and t.level == tokens[0].level)
     if blocks > 1 + bool(quote_tokens):
-        check.warn(line, f"footnote [^{label}]: only its first paragraph (the source link) and its "
+        check.warn(line, f"footnote [^{shorten(label)}]: only its first paragraph (the source link) and its "
                    "quote are shown; the rest of the note is left out")
     quote_inlines = [t for t in quote_tokens if t.type == "inline"]
     return Footnote(
         label=label, url=str(link.attrGet("href")), title=title.strip() or str(link.attrGet("href")),
         source_text="".join(c.content for c in children if c.type in ("text", "code_inline")).strip(),
-        source_html=MD.renderer.render([t for t in children if t.type != "footnote_anchor"],
-                                       MD.options, env),
-        quote_html="<br>".join(MD.renderer.render(t.children or [], MD.options, env)
-                               for t in quote_inlines),
+        source_html=_html([t for t in children if t.type != "footnote_anchor"], env, line, check),
+        quote_html="<br>".join(_html(t.children or [], env, check.line_at(t.map[0]) if t.map else line,
+                                     check) for t in quote_inlines),
         quote_text=" ".join(plaintext.inline(t.children or []) for t in quote_inlines),
         line=line,
     )
@@ -447,35 +572,36 @@ def _split_stories(tokens: list[Token]) -> tuple[list[Token], list[list[Token]]]
     return opening, stories
 
 
-def _opening(tokens, tldr: list[str], tldr_line, env, to_file_line, settings, check) -> Section:
+def _opening(tokens, tldr: list[str], tldr_line, env, settings, check: _Checker) -> Section:
     categories = None
     body = []
     for token in tokens:
         found = _categories_comment(token)
         if found is not None:
-            categories = _categories(found, to_file_line(token.map[0]), settings, check, comment=True)
+            categories = _categories(found, check.line_at(token.map[0]), settings, check, comment=True)
         else:
             body.append(token)
     tldr_tokens = [MD.parseInline(item, env)[0].children or [] for item in tldr]
-    for index, (item, children) in enumerate(zip(tldr, tldr_tokens)):
-        for label in _undefined_refs(children, item):
-            check.error(tldr_line(f"tldr.{index}"), f"footnote [^{label}] is never defined (in 'tldr')")
+    lines = [tldr_line(f"tldr.{index}") for index in range(len(tldr))]
+    for item, children, line in zip(tldr, tldr_tokens, lines):
+        for label in _undefined_refs(children, dict.fromkeys(_written_refs(item), 0)):
+            check.error(line, f"footnote [^{shorten(label)}] is never defined (in 'tldr')")
     return Section(
         kind="opening", line=1, categories=categories,
-        tldr_html=[MD.renderer.render(c, MD.options, env) for c in tldr_tokens],
+        tldr_html=[_html(c, env, line, check) for c, line in zip(tldr_tokens, lines)],
         tldr_text=[plaintext.inline(c) for c in tldr_tokens],
-        body_html=MD.renderer.render(body, MD.options, env),
+        body_html=_html(body, env, check.line_at(0), check),
         body_text=plaintext.blocks(body),
     )
 
 
-def _story(tokens: list[Token], env, to_file_line, default_categories, settings, check) -> Section:
+def _story(tokens: list[Token], env, default_categories, settings, check: _Checker) -> Section:
     heading = tokens[1]
-    line = to_file_line(tokens[0].map[0]) if tokens[0].map else 1
+    line = check.line_at(tokens[0].map[0]) if tokens[0].map else 1
     title_text = plaintext.inline(heading.children or []).strip()
     is_roundups = bool(ROUNDUPS_RE.match(title_text))
     section = Section(kind="roundups" if is_roundups else "story", line=line,
-                      title_html=MD.renderer.render(heading.children or [], MD.options, env),
+                      title_html=_html(heading.children or [], env, line, check),
                       title_text=title_text, anchor=_anchor(REF_RE.sub("", title_text)),
                       categories=None if is_roundups else default_categories)
     rest = tokens[3:]
@@ -485,27 +611,27 @@ def _story(tokens: list[Token], env, to_file_line, default_categories, settings,
     for token in rest:
         comment = _categories_comment(token)
         if comment is not None:
-            section.categories = _categories(comment, to_file_line(token.map[0]), settings, check,
+            section.categories = _categories(comment, check.line_at(token.map[0]), settings, check,
                                              comment=True)
         else:
             kept.append(token)
-    kept = _take_source(section, kept, env)
+    kept = _take_source(section, kept, env, check)
     if is_roundups:
-        section.entries = _roundup_items(kept, env, to_file_line)
+        section.entries = _roundup_items(kept, env, check)
         section.body_html = section.body_text = ""
         if not section.entries and not any(t.type == "inline" for t in kept):
-            check.error(line, f"story '{title_text}' is empty")
+            check.error(line, f"story '{shorten(title_text)}' is empty")
         elif not section.entries:
-            section.body_html = MD.renderer.render(kept, MD.options, env)
+            section.body_html = _html(kept, env, line, check)
             section.body_text = plaintext.blocks(kept)
         return section
-    kept = _take_tldr(section, kept, env)
-    section.body_html = MD.renderer.render(kept, MD.options, env)
+    kept = _take_tldr(section, kept, env, check)
+    section.body_html = _html(kept, env, line, check)
     section.body_text = plaintext.blocks(kept)
     if not title_text:
         check.error(line, "a story heading has no title")
     if not kept and not section.tldr_html:
-        check.error(line, f"story '{title_text}' is empty")
+        check.error(line, f"story '{shorten(title_text)}' is empty")
     return section
 
 
@@ -516,7 +642,7 @@ def _categories_comment(token: Token) -> str | None:
     return m.group(1) if m else None
 
 
-def _take_source(section: Section | RoundupItem, tokens: list[Token], env) -> list[Token]:
+def _take_source(section: Section | RoundupItem, tokens: list[Token], env, check: _Checker) -> list[Token]:
     """A first paragraph starting with 'Source:' is the source line."""
     if len(tokens) >= 3 and tokens[0].type == "paragraph_open" and tokens[1].children \
             and tokens[1].children[0].type == "text" and SOURCE_RE.match(tokens[1].children[0].content):
@@ -524,13 +650,13 @@ def _take_source(section: Section | RoundupItem, tokens: list[Token], env) -> li
         first = children[0].copy()
         first.content = SOURCE_RE.sub("", first.content)
         children[0] = first
-        section.source_html = MD.renderer.render(children, MD.options, env)
+        section.source_html = _html(children, env, check.line_at(tokens[1].map[0]), check)
         section.source_text = plaintext.inline(children)
         return tokens[3:]
     return tokens
 
 
-def _take_tldr(section: Section, tokens: list[Token], env) -> list[Token]:
+def _take_tldr(section: Section, tokens: list[Token], env, check: _Checker) -> list[Token]:
     """A bullet list right at the top of a story is its TL;DR."""
     if not tokens or tokens[0].type != "bullet_list_open":
         return tokens
@@ -541,20 +667,20 @@ def _take_tldr(section: Section, tokens: list[Token], env) -> list[Token]:
         if depth == 0:
             end = i + 1
             break
-    items: list[list[Token]] = []
+    items: list[tuple[int, list[Token]]] = []  # (line, inline tokens)
     for token in tokens[1:end - 1]:
         if token.type == "list_item_open" and token.level == tokens[0].level + 1:
-            items.append([])
+            items.append((check.line_at(token.map[0]), []))
         elif items and token.type == "inline" and token.level == tokens[0].level + 3:
-            if items[-1]:  # a second paragraph in one bullet continues on the same line
-                items[-1].append(Token("softbreak", "br", 0))
-            items[-1].extend(token.children or [])
-    section.tldr_html = [MD.renderer.render(item, MD.options, env) for item in items]
-    section.tldr_text = [plaintext.inline(item) for item in items]
+            if items[-1][1]:  # a second paragraph in one bullet continues on the same line
+                items[-1][1].append(Token("softbreak", "br", 0))
+            items[-1][1].extend(token.children or [])
+    section.tldr_html = [_html(item, env, line, check) for line, item in items]
+    section.tldr_text = [plaintext.inline(item) for _, item in items]
     return tokens[end:]
 
 
-def _roundup_items(tokens: list[Token], env, to_file_line) -> list[RoundupItem]:
+def _roundup_items(tokens: list[Token], env, check: _Checker) -> list[RoundupItem]:
     chunks: list[list[Token]] = []
     for token in tokens:
         if token.type == "heading_open" and token.tag == "h3":
@@ -564,26 +690,98 @@ def _roundup_items(tokens: list[Token], env, to_file_line) -> list[RoundupItem]:
     items = []
     for chunk in chunks:
         heading = chunk[1]
+        line = check.line_at(chunk[0].map[0]) if chunk[0].map else 1
         item = RoundupItem(
-            title_html=MD.renderer.render(heading.children or [], MD.options, env),
+            title_html=_html(heading.children or [], env, line, check),
             title_text=plaintext.inline(heading.children or []).strip(),
-            source_html="", source_text="", body_html="", body_text="",
-            line=to_file_line(chunk[0].map[0]) if chunk[0].map else 1)
-        rest = _take_source(item, chunk[3:], env)
-        item.body_html = MD.renderer.render(rest, MD.options, env)
+            source_html="", source_text="", body_html="", body_text="", line=line)
+        rest = _take_source(item, chunk[3:], env, check)
+        item.body_html = _html(rest, env, line, check)
         item.body_text = plaintext.blocks(rest)
         items.append(item)
     return items
 
 
+# -- raw HTML and nesting -------------------------------------------------------------------------
+
+def _html(tokens: list[Token], env, line: int, check: _Checker) -> str:
+    """Tokens (blocks, or one line's inline tokens starting on `line`) as HTML fit for email:
+    raw HTML through the allow-list, what it removes reported, nesting kept shallow enough that
+    no parser on the way cuts the email short."""
+    if not _inspect(tokens, line, check):
+        return ""  # an error: too deep to hand to the sanitizer, whose time grows with depth squared
+    cleaned = rawhtml.clean(MD.renderer.render(tokens, MD.options, env))
+    # What browsers build can nest deeper than the tags `_inspect` counted (tables add rows).
+    if rawhtml.depth(cleaned) > rawhtml.MAX_DEPTH:
+        check.error(line, _too_deep())
+        return ""
+    return cleaned
+
+
+def _inspect(tokens: list[Token], line: int, check: _Checker) -> bool:
+    """Warn about each thing the allow-list removes, on its line; False when elements nest too
+    deep (an error)."""
+    nesting = rawhtml.Nesting()
+    for token in tokens:
+        if token.map:
+            line = check.line_at(token.map[0])
+        children = (token.children or []) if token.type == "inline" else [token]
+        for child in children:
+            if child.type in ("softbreak", "hardbreak"):
+                line += 1
+            elif child.type in ("html_block", "html_inline"):
+                if not _inspect_raw(child.content, line, nesting, check):
+                    return False
+                line += child.content.count("\n") if child.type == "html_inline" else 0
+            elif child.nesting and not child.hidden:
+                nesting.open(child.tag) if child.nesting == 1 else nesting.close(child.tag)
+            for attribute in ("href", "src"):
+                url = child.attrGet(attribute) if child.type in ("link_open", "image") else None
+                if url is not None and not rawhtml.url_allowed(str(url)):
+                    check.warn(line, rawhtml.removed_value(child.tag, attribute, str(url)))
+            if nesting.depth > rawhtml.MAX_DEPTH:
+                check.error(line, _too_deep())
+                return False
+    return True
+
+
+def _inspect_raw(raw: str, line: int, nesting: rawhtml.Nesting, check: _Checker) -> bool:
+    counted_to = 0
+    for tag in rawhtml.tags(raw):
+        line += raw.count("\n", counted_to, tag.offset)
+        counted_to = tag.offset
+        for message in rawhtml.removals(tag):
+            check.warn(line, message)
+        nesting.close(tag.name) if tag.closing else nesting.open(tag.name)
+        if nesting.depth > rawhtml.MAX_DEPTH:
+            check.error(line, _too_deep())
+            return False
+    return True
+
+
+def _too_deep() -> str:
+    return (f"elements nest more than {rawhtml.MAX_DEPTH} levels deep here; email clients would "
+            "cut the email off at this point")
+
+
+# -- anchors -------------------------------------------------------------------------------------
+
 def _anchor(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:60] or "story"
 
 
-def _check_anchors(stories: list[Section]) -> None:
-    seen: dict[str, int] = {}
+def _unique_anchors(stories: list[Section]) -> None:
+    """Give every story an anchor no other story and no note or reference has."""
+    taken: set[str] = set()
+    last_suffix: dict[str, int] = {}
     for story in stories:
         base = story.anchor
-        seen[base] = seen.get(base, 0) + 1
-        if seen[base] > 1:
-            story.anchor = f"{base}-{seen[base]}"
+        if NOTE_ANCHOR_RE.match(base):  # also keeps base-2, base-3 clear of fn-2, fn-3
+            base = f"story-{base}"
+        anchor, suffix = base, last_suffix.get(base, 1)
+        while anchor in taken:
+            suffix += 1
+            anchor = f"{base}-{suffix}"
+        last_suffix[base] = suffix
+        taken.add(anchor)
+        story.anchor = anchor

@@ -1,0 +1,239 @@
+"""Raw HTML in a digest, made fit for email: an allow-list applied by nh3 (ammonia).
+
+Every fragment a digest renders to (a title, a source line, a TL;DR item, a body, a note) goes
+through `clean` as a whole, not tag by tag: an opening `<span>` and its closing tag are often in
+different Markdown tokens, and only the whole fragment can come out balanced. `tags` reads the
+writer's raw HTML roughly as a browser would, so that the checks can say, with a line, what
+`clean` removes (`removals`) and how deep the tags nest (`Nesting`).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+import nh3
+
+from .errors import shorten
+
+# Links are the most frequent element of a digest; styling them here spares premailer (which
+# costs per styled element) most of its work. Every link gets it, the writer's own <a> too.
+LINK_STYLE = "color:#0b57d0"
+
+# lxml, which premailer parses with, silently stops reading about 256 levels deep, and the email
+# template already puts a story about 20 levels deep. 100 levels inside one fragment leaves room
+# for custom templates, and keeps nh3 fast: its parser takes time quadratic in the depth of nested
+# block elements (100,000 nested <div>s take two minutes).
+MAX_DEPTH = 100
+
+# What our own Markdown rendering produces, plus common tags that are safe and render in email.
+TAGS = {
+    "a", "abbr", "b", "blockquote", "br", "caption", "cite", "code", "dd", "del", "div", "dl", "dt",
+    "em", "figcaption", "figure", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "ins", "kbd",
+    "li", "mark", "ol", "p", "pre", "q", "s", "samp", "small", "span", "strong", "sub", "sup",
+    "table", "tbody", "td", "tfoot", "th", "thead", "tr", "u", "ul", "var", "wbr",
+}
+# Tags whose content means nothing (or harm) as text: removed with everything inside them.
+DROPPED_WITH_CONTENT = {
+    "applet", "embed", "frame", "frameset", "head", "iframe", "math", "noembed", "noframes",
+    "noscript", "object", "script", "select", "style", "svg", "template", "textarea", "title", "xmp",
+}
+ATTRIBUTES = {
+    "*": {"title", "lang", "dir"},
+    "a": {"href"}, "img": {"src", "alt", "width", "height", "class"}, "blockquote": {"class"},
+    "code": {"class"}, "ol": {"start"}, "p": {"align"}, "div": {"align"},
+    "td": {"colspan", "rowspan", "align"}, "th": {"colspan", "rowspan", "align"},
+}
+# `style` is not allowed: CSS values can carry expression() and url(javascript:...), and no
+# filter of ours would be as sure as leaving it out. Classes only where our own CSS uses them.
+CLASSES = {"blockquote": re.compile(r"pull"), "img": re.compile(r"img"),
+           "code": re.compile(r"language-[\w+#.-]+")}
+NUMBER_RE = re.compile(r"\d{1,4}%?")
+URL_SCHEMES = {"http", "https", "mailto"}
+SCHEME_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*):")
+URL_NOISE_RE = re.compile(r"[\t\n\r]")  # browsers drop these inside URLs: java\tscript: is javascript:
+C0_AND_SPACE = "".join(map(chr, range(0x21)))  # and these around them
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "keygen", "link", "meta",
+        "param", "source", "track", "wbr"}
+RAW_TEXT = {"iframe", "noembed", "noframes", "noscript", "plaintext", "script", "style", "textarea",
+            "title", "xmp"}  # their content is text up to the closing tag, never tags
+SIBLINGS = {"dd", "dt", "li", "option", "p", "td", "th", "tr"}  # <p>a<p>b: the second closes the first
+
+PLACEHOLDER_RE = re.compile("\x02([^\x03]*)\x03")
+NUMBERED_RE = re.compile("\x02([0-9]+)\x03")
+
+
+def url_allowed(url: str) -> bool:
+    """Links and images work in an email only as http(s) and mailto URLs, or #anchors in it."""
+    url = URL_NOISE_RE.sub("", url).strip(C0_AND_SPACE)
+    scheme = SCHEME_RE.match(url)
+    if scheme:
+        return scheme.group(1).lower() in URL_SCHEMES
+    return url.startswith("#")  # relative links lead nowhere in an inbox
+
+
+def kept_value(tag: str, attribute: str, value: str) -> str | None:
+    """The value an allowed attribute keeps (None: the attribute goes)."""
+    if attribute in ("href", "src"):
+        return value if url_allowed(value) else None
+    if attribute == "class":
+        allowed = CLASSES.get(tag)
+        kept = [c for c in value.split() if allowed and allowed.fullmatch(c)]
+        return " ".join(kept) or None
+    if attribute in ("width", "height", "colspan", "rowspan", "start"):
+        return value if NUMBER_RE.fullmatch(value.strip()) else None
+    return value
+
+
+def _filter(tag: str, attribute: str, value: str) -> str | None:
+    if tag == "a" and attribute == "style":
+        return value  # ours, set on every link by the cleaner
+    return kept_value(tag, attribute, value)
+
+
+CLEANER = nh3.Cleaner(
+    tags=TAGS, clean_content_tags=DROPPED_WITH_CONTENT, attributes=ATTRIBUTES,
+    attribute_filter=_filter, url_schemes=URL_SCHEMES, link_rel=None, strip_comments=True,
+    set_tag_attribute_values={"a": {"style": LINK_STYLE}},
+)
+
+
+def clean(fragment: str) -> str:
+    """The fragment with only allowed tags, attributes and links; footnote placeholders kept."""
+    labels: list[str] = []
+
+    def number(match: re.Match) -> str:
+        labels.append(match.group(1))
+        return f"\x02{len(labels) - 1}\x03"
+    # A label is the writer's text (`[^a&b]`): the cleaner would escape it. Numbers pass as they are.
+    cleaned = CLEANER.clean(PLACEHOLDER_RE.sub(number, fragment))
+    return NUMBERED_RE.sub(lambda m: f"\x02{labels[int(m.group(1))]}\x03", cleaned)
+
+
+# -- reading the writer's raw HTML ---------------------------------------------------------------
+
+@dataclass
+class Tag:
+    name: str  # lower case
+    closing: bool
+    attributes: list[tuple[str, str]]  # (name in lower case, value with entities decoded)
+    offset: int  # where the tag starts in the raw HTML
+
+
+TAG_START_RE = re.compile(r"<(?:(/?)([A-Za-z][^\t\n\f\r />]*)|!--|[!?/])")
+ATTRIBUTE_RE = re.compile(r"[\t\n\f\r /]*([^\t\n\f\r />][^\t\n\f\r /=>]*)?")
+EQUALS_RE = re.compile(r"[\t\n\f\r ]*=[\t\n\f\r ]*")
+UNQUOTED_RE = re.compile(r"[^\t\n\f\r >]*")
+_END_TAG_RE: dict[str, re.Pattern] = {}
+
+
+def tags(raw: str) -> Iterator[Tag]:
+    """The tags of raw HTML in order, comments and raw text skipped; one pass, linear time."""
+    pos, size = 0, len(raw)
+    while (start := TAG_START_RE.search(raw, pos)) is not None:
+        if start.group(2) is None:  # a comment, <!doctype>, <?...>: nothing that renders
+            comment = raw.startswith("<!--", start.start())
+            end = raw.find("-->" if comment else ">", start.end())
+            if end < 0:
+                return
+            pos = end + (3 if comment else 1)
+            continue
+        tag = Tag(start.group(2).lower(), bool(start.group(1)), [], start.start())
+        pos = start.end()
+        while (attribute := ATTRIBUTE_RE.match(raw, pos)).group(1) is not None:
+            pos, value = attribute.end(), ""
+            equals = EQUALS_RE.match(raw, pos)
+            if equals:
+                pos = equals.end()
+                if pos < size and raw[pos] in "\"'":
+                    close = raw.find(raw[pos], pos + 1)
+                    if close < 0:
+                        return  # the quote runs to the end: browsers drop the whole tag
+                    value, pos = raw[pos + 1:close], close + 1
+                else:
+                    unquoted = UNQUOTED_RE.match(raw, pos)
+                    value, pos = unquoted.group(), unquoted.end()
+            tag.attributes.append((attribute.group(1).lower(), html.unescape(value)))
+        pos = attribute.end()
+        if pos >= size:
+            return  # the tag never closes: browsers drop it
+        pos += 1  # the '>'
+        yield tag
+        if tag.name in RAW_TEXT and not tag.closing:
+            pattern = _END_TAG_RE.setdefault(tag.name, re.compile(rf"</{tag.name}[\t\n\f\r />]", re.I))
+            end_tag = pattern.search(raw, pos)
+            if end_tag is None:
+                return
+            pos = end_tag.start()
+
+
+def removals(tag: Tag) -> list[str]:
+    """What `clean` removes of this tag, as messages for the writer."""
+    if tag.closing:
+        return []
+    if tag.name in DROPPED_WITH_CONTENT:
+        return [f"removed <{tag.name}> element with its content (not allowed in an email)"]
+    if tag.name not in TAGS:
+        return [f"removed <{shorten(tag.name, 40)}> tag, kept its content (not allowed in an email)"]
+    allowed = ATTRIBUTES["*"] | ATTRIBUTES.get(tag.name, set())
+    found = []
+    for name, value in tag.attributes:
+        if name not in allowed:
+            found.append(f"removed {shorten(name, 40)} attribute from <{tag.name}>")
+        elif kept_value(tag.name, name, value) != value:
+            found.append(removed_value(tag.name, name, value))
+    return found
+
+
+def removed_value(tag: str, attribute: str, value: str) -> str:
+    if attribute in ("href", "src"):
+        return (f"removed <{tag}> {attribute} '{shorten(value)}' (an email can only link to "
+                "http, https and mailto URLs and to #anchors)")
+    return f"removed {attribute} '{shorten(value)}' from <{tag}>"
+
+
+class Nesting:
+    """How deep elements nest, from a stream of opening and closing tags as a browser pairs them."""
+
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+        self.open_count: dict[str, int] = {}
+
+    @property
+    def depth(self) -> int:
+        return len(self.stack)
+
+    def open(self, name: str) -> None:
+        if name in VOID:
+            return
+        if name in SIBLINGS and self.stack and self.stack[-1] == name:
+            self.close(name)
+        self.stack.append(name)
+        self.open_count[name] = self.open_count.get(name, 0) + 1
+
+    def close(self, name: str) -> None:
+        if not self.open_count.get(name):
+            return  # a browser ignores a closing tag with nothing to close
+        while True:
+            top = self.stack.pop()
+            self.open_count[top] -= 1
+            if top == name:
+                return
+
+
+CLEAN_TAG_RE = re.compile(r"<(/?)([a-zA-Z][^\s/>]*)")
+
+
+def depth(cleaned: str) -> int:
+    """How deep the elements of `clean`'s output nest (it is balanced, and escapes < everywhere)."""
+    nesting, deepest = Nesting(), 0
+    for tag in CLEAN_TAG_RE.finditer(cleaned):
+        if tag.group(1):
+            nesting.close(tag.group(2).lower())
+        else:
+            nesting.open(tag.group(2).lower())
+            deepest = max(deepest, nesting.depth)
+    return deepest
