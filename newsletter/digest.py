@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -34,6 +34,8 @@ ROUNDUPS_RE = re.compile(r"^round[- ]?ups?$", re.I)
 PLACEHOLDER_RE = re.compile(r"\b(TK|TODO)\b")
 FENCE_RE = re.compile(r"^ {0,3}(```|~~~)")
 BACKTICKS_RE = re.compile(r"`+")
+LABEL_END_RE = re.compile(r"[\] \n]")
+MAX_LABEL = 999
 # A TODO inside a URL is the URL's. A scheme starts only where a word starts: tried at every
 # letter of a long word, the pattern would take time quadratic in the word's length.
 URL_RE = re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s)>\]]+", re.I)
@@ -44,6 +46,10 @@ LINE_BREAK_RE = re.compile("[\n\u2028\u2029]")
 BIDI_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
 # fn-N and fnref-N-M are the anchors render.py gives notes and references.
 NOTE_ANCHOR_RE = re.compile(r"fn(ref)?(-|$)")
+# Raw HTML blocks that, in CommonMark, run on to their end marker, however far away it is.
+BLOCK_OPENING_RE = re.compile(r" {0,3}(<!--|<\?|<!\[CDATA\[|<![a-z]|<(script|pre|style|textarea)(?=[\s>]|$))",
+                              re.I)
+BLOCK_ENDS = (("<!--", "-->"), ("<?", "?>"), ("<![cdata[", "]]>"), ("<!", ">"))
 # The lists, quotes and footnotes that markdown-it reads only down to `maxNesting` levels.
 CONTAINERS = {"blockquote_open", "list_item_open", "footnote_reference_open"}
 # libyaml when PyYAML was built with it: about 16 times faster than the pure-Python loader.
@@ -133,8 +139,10 @@ class Digest:
 
 def _markdown() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"typographer": True}).enable(["replacements", "smartquotes"])
-    md.use(footnote_plugin)
+    md.use(footnote_plugin, inline=False)  # ^[inline notes] have no label to cite them by
     md.core.ruler.disable("footnote_tail")  # keeps every definition in place, cited or not
+    footnote_ref = next(rule.fn for rule in md.inline.ruler.__rules__ if rule.name == "footnote_ref")
+    md.inline.ruler.at("footnote_ref", partial(_bounded_footnote_ref, footnote_ref))
     rules = md.add_render_rule
     rules("footnote_ref", lambda self, tokens, idx, options, env:
           f"{REF_OPEN}{tokens[idx].meta['label']}{REF_CLOSE}")
@@ -143,6 +151,17 @@ def _markdown() -> MarkdownIt:
     rules("image", _render_image)
     rules("blockquote_open", lambda *a: '<blockquote class="pull">\n')
     return md
+
+
+def _bounded_footnote_ref(footnote_ref, state, silent: bool) -> bool:
+    """The plugin's rule looks for the `]` after every `[^` however far away it is: time
+    quadratic in a run of `[^`. A label is never longer than a link label's 999 characters."""
+    start = state.pos
+    if state.src.startswith("[^", start):
+        end = LABEL_END_RE.search(state.src, start + 2, min(state.posMax, start + 2 + MAX_LABEL + 1))
+        if end is None or end.group() != "]":
+            return False
+    return footnote_ref(state, silent)
 
 
 def _render_image(self, tokens, idx, options, env) -> str:
@@ -240,6 +259,7 @@ def parse_digest(text: str, path: Path, settings: Settings, check: _Checker) -> 
     env: dict[str, Any] = {}
     tokens = MD.parse("\n".join(body_lines), env)
     _check_nesting(tokens, check)
+    _check_html_blocks(tokens, check)
     _check_references(tokens, body_lines, check)
     main, footnotes = _take_footnotes(tokens, env, check)
     opening_tokens, story_chunks = _split_stories(main)
@@ -315,7 +335,7 @@ def _check_nodes(root: yaml.Node, check: _Checker) -> bool:
     seen: set[int] = set()
     todo: list[tuple[yaml.Node, str, int]] = [(root, "", root.start_mark.line + 2)]
     fine = True
-    while todo:
+    while todo:  # depth first, in the order of the text: an alias comes after its anchor
         node, key, line = todo.pop()
         if id(node) in seen:  # the composer hands out an alias as the very node it names
             where = f"'{shorten(key)}' uses" if key else "the front matter uses"
@@ -323,6 +343,7 @@ def _check_nodes(root: yaml.Node, check: _Checker) -> bool:
                         "front matter")
             return False
         seen.add(id(node))
+        children: list[tuple[yaml.Node, str, int]] = []
         if isinstance(node, yaml.MappingNode):
             first: dict[tuple[str, str], int] = {}
             for k, v in node.value:
@@ -334,9 +355,10 @@ def _check_nodes(root: yaml.Node, check: _Checker) -> bool:
                                     f"matter (first on line {first[k.tag, k.value]})")
                         fine = False
                     first.setdefault((k.tag, k.value), k_line)
-                todo += [(k, name, k_line), (v, name, k_line)]
+                children += [(k, name, k_line), (v, name, k_line)]
         elif isinstance(node, yaml.SequenceNode):
-            todo += [(item, key, line) for item in node.value]
+            children = [(item, key, line) for item in node.value]
+        todo.extend(reversed(children))
     return fine
 
 
@@ -477,6 +499,20 @@ def _check_references(tokens: list[Token], body_lines: list[str], check: _Checke
                 written.setdefault(label, number)
         for label in _undefined_refs(token.children or [], written):
             check.error(check.line_at(written[label]), f"footnote [^{shorten(label)}] is never defined")
+
+
+def _check_html_blocks(tokens: list[Token], check: _Checker) -> None:
+    """A comment, <script>, <pre>, ... that is never closed makes the rest of the file one
+    block of raw HTML: the stories after it would be hidden or shown as source."""
+    for token in tokens:
+        opening = BLOCK_OPENING_RE.match(token.content) if token.type == "html_block" else None
+        if opening is None or not token.map:
+            continue
+        kind = opening.group(1).lower()
+        end = f"</{kind[1:]}>" if opening.group(2) else next(e for p, e in BLOCK_ENDS if kind.startswith(p))
+        if end not in token.content[opening.start(1) + 2:].lower():  # from +2: <!--> is closed
+            check.error(check.line_at(token.map[0]), f"'{kind[:9]}' is never closed ('{end}' is "
+                        "missing): everything after it would be raw HTML")
 
 
 def _check_nesting(tokens: list[Token], check: _Checker) -> None:
@@ -708,55 +744,95 @@ def _html(tokens: list[Token], env, line: int, check: _Checker) -> str:
     """Tokens (blocks, or one line's inline tokens starting on `line`) as HTML fit for email:
     raw HTML through the allow-list, what it removes reported, nesting kept shallow enough that
     no parser on the way cuts the email short."""
-    if not _inspect(tokens, line, check):
-        return ""  # an error: too deep to hand to the sanitizer, whose time grows with depth squared
+    if not _Inspection(line, check).run(tokens):
+        return ""  # an error; and too deep for the sanitizer, whose time grows with depth squared
     cleaned = rawhtml.clean(MD.renderer.render(tokens, MD.options, env))
-    # What browsers build can nest deeper than the tags `_inspect` counted (tables add rows).
+    # What browsers build can nest deeper than the tags counted (tables get rows and bodies).
     if rawhtml.depth(cleaned) > rawhtml.MAX_DEPTH:
         check.error(line, _too_deep())
         return ""
     return cleaned
 
 
-def _inspect(tokens: list[Token], line: int, check: _Checker) -> bool:
-    """Warn about each thing the allow-list removes, on its line; False when elements nest too
-    deep (an error)."""
-    nesting = rawhtml.Nesting()
-    for token in tokens:
-        if token.map:
-            line = check.line_at(token.map[0])
-        children = (token.children or []) if token.type == "inline" else [token]
-        for child in children:
-            if child.type in ("softbreak", "hardbreak"):
-                line += 1
-            elif child.type in ("html_block", "html_inline"):
-                if not _inspect_raw(child.content, line, nesting, check):
+class _Inspection:
+    """One fragment, walked before it is rendered: each thing the allow-list will remove is a
+    warning on its line; elements nesting too deep, or an element removed with its content that
+    never closes (taking the rest of the fragment with it), are errors."""
+
+    def __init__(self, line: int, check: _Checker):
+        self.line, self.check = line, check
+        self.nesting = rawhtml.Nesting()
+        self.opened_on: dict[str, int] = {}  # element removed with its content -> its line
+        self.raw_text: str | None = None  # an open <script> or the like: all is text up to its end
+
+    def run(self, tokens: list[Token]) -> bool:
+        for token in tokens:
+            if token.map:
+                self.line = self.check.line_at(token.map[0])
+            for child in (token.children or []) if token.type == "inline" else [token]:
+                if not self.visit(child):
                     return False
-                line += child.content.count("\n") if child.type == "html_inline" else 0
-            elif child.nesting and not child.hidden:
-                nesting.open(child.tag) if child.nesting == 1 else nesting.close(child.tag)
-            for attribute in ("href", "src"):
-                url = child.attrGet(attribute) if child.type in ("link_open", "image") else None
-                if url is not None and not rawhtml.url_allowed(str(url)):
-                    check.warn(line, rawhtml.removed_value(child.tag, attribute, str(url)))
-            if nesting.depth > rawhtml.MAX_DEPTH:
-                check.error(line, _too_deep())
+        left_open = [self.raw_text] if self.raw_text else \
+            [name for name in self.nesting.stack if name in rawhtml.DROPPED_WITH_CONTENT]
+        if left_open:
+            self.check.error(self.opened_on.get(left_open[0], self.line), f"<{left_open[0]}> is never closed: it "
+                             "and everything after it would be left out of the email")
+        return not left_open
+
+    def visit(self, token: Token) -> bool:
+        if token.type in ("softbreak", "hardbreak"):
+            self.line += 1
+        elif token.type in ("html_block", "html_inline"):
+            return self.raw(token.content, inline=token.type == "html_inline")
+        elif self.raw_text:
+            return True  # Markdown inside <script>...</script> is script
+        elif token.type in ("link_open", "image"):
+            attribute = "href" if token.type == "link_open" else "src"
+            url = str(token.attrGet(attribute) or "")
+            if not rawhtml.url_allowed(url):
+                self.check.warn(self.line, rawhtml.removed_value(token.tag, attribute, url))
+        if token.nesting and not token.hidden:
+            return self.tag(token.tag, closing=token.nesting == -1)
+        return True
+
+    def raw(self, raw: str, inline: bool) -> bool:
+        line = self.line
+        fine = self.raw_tags(raw)
+        # an inline tag can span lines; a block's next token knows its own line
+        self.line = line + raw.count("\n") if inline else line
+        return fine
+
+    def raw_tags(self, raw: str) -> bool:
+        start = 0
+        if self.raw_text:
+            start = rawhtml.end_of_raw_text(self.raw_text, raw)
+            if start < 0:
+                return True
+            self.raw_text = None
+        counted_to = 0
+        for tag in rawhtml.tags(raw[start:] if start else raw):
+            self.line += raw.count("\n", counted_to, start + tag.offset)
+            counted_to = start + tag.offset
+            for message in rawhtml.removals(tag):
+                self.check.warn(self.line, message)
+            if not self.tag(tag.name, tag.closing):
                 return False
-    return True
+            if tag.runs_on:
+                self.raw_text = tag.name
+                self.opened_on.setdefault(tag.name, self.line)
+        return True
 
-
-def _inspect_raw(raw: str, line: int, nesting: rawhtml.Nesting, check: _Checker) -> bool:
-    counted_to = 0
-    for tag in rawhtml.tags(raw):
-        line += raw.count("\n", counted_to, tag.offset)
-        counted_to = tag.offset
-        for message in rawhtml.removals(tag):
-            check.warn(line, message)
-        nesting.close(tag.name) if tag.closing else nesting.open(tag.name)
-        if nesting.depth > rawhtml.MAX_DEPTH:
-            check.error(line, _too_deep())
+    def tag(self, name: str, closing: bool) -> bool:
+        if closing:
+            self.nesting.close(name)
+            return True
+        if name in rawhtml.DROPPED_WITH_CONTENT:
+            self.opened_on[name] = self.line
+        self.nesting.open(name)
+        if self.nesting.depth > rawhtml.MAX_DEPTH:
+            self.check.error(self.line, _too_deep())
             return False
-    return True
+        return True
 
 
 def _too_deep() -> str:

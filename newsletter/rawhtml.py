@@ -37,8 +37,8 @@ TAGS = {
 }
 # Tags whose content means nothing (or harm) as text: removed with everything inside them.
 DROPPED_WITH_CONTENT = {
-    "applet", "embed", "frame", "frameset", "head", "iframe", "math", "noembed", "noframes",
-    "noscript", "object", "script", "select", "style", "svg", "template", "textarea", "title", "xmp",
+    "applet", "embed", "iframe", "math", "noembed", "noframes", "noscript", "object", "script",
+    "style", "svg", "template", "textarea", "title", "xmp",
 }
 ATTRIBUTES = {
     "*": {"title", "lang", "dir"},
@@ -61,6 +61,9 @@ VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "keygen", "l
 RAW_TEXT = {"iframe", "noembed", "noframes", "noscript", "plaintext", "script", "style", "textarea",
             "title", "xmp"}  # their content is text up to the closing tag, never tags
 SIBLINGS = {"dd", "dt", "li", "option", "p", "td", "th", "tr"}  # <p>a<p>b: the second closes the first
+# A closing tag does not reach past these to close what is open outside them: in
+# <p><object>...</p>, the </p> leaves the object (and all that follows) inside it.
+SCOPE_MARKERS = {"applet", "caption", "marquee", "object", "table", "td", "template", "th"}
 
 PLACEHOLDER_RE = re.compile("\x02([^\x03]*)\x03")
 NUMBERED_RE = re.compile("\x02([0-9]+)\x03")
@@ -121,6 +124,7 @@ class Tag:
     closing: bool
     attributes: list[tuple[str, str]]  # (name in lower case, value with entities decoded)
     offset: int  # where the tag starts in the raw HTML
+    runs_on: bool = False  # <script> and the like whose closing tag is not in this piece of HTML
 
 
 TAG_START_RE = re.compile(r"<(?:(/?)([A-Za-z][^\t\n\f\r />]*)|!--|[!?/])")
@@ -161,13 +165,22 @@ def tags(raw: str) -> Iterator[Tag]:
         if pos >= size:
             return  # the tag never closes: browsers drop it
         pos += 1  # the '>'
-        yield tag
         if tag.name in RAW_TEXT and not tag.closing:
-            pattern = _END_TAG_RE.setdefault(tag.name, re.compile(rf"</{tag.name}[\t\n\f\r />]", re.I))
-            end_tag = pattern.search(raw, pos)
-            if end_tag is None:
+            end_tag = end_of_raw_text(tag.name, raw, pos)
+            tag.runs_on = end_tag < 0
+            yield tag
+            if tag.runs_on:
                 return
-            pos = end_tag.start()
+            pos = end_tag
+        else:
+            yield tag
+
+
+def end_of_raw_text(name: str, raw: str, start: int = 0) -> int:
+    """Where the closing tag of raw text element `name` starts (-1: not in `raw`)."""
+    pattern = _END_TAG_RE.setdefault(name, re.compile(rf"</{name}(?=[\t\n\f\r />]|$)", re.I))
+    found = pattern.search(raw, start)
+    return found.start() if found else -1
 
 
 def removals(tag: Tag) -> list[str]:
@@ -177,7 +190,8 @@ def removals(tag: Tag) -> list[str]:
     if tag.name in DROPPED_WITH_CONTENT:
         return [f"removed <{tag.name}> element with its content (not allowed in an email)"]
     if tag.name not in TAGS:
-        return [f"removed <{shorten(tag.name, 40)}> tag, kept its content (not allowed in an email)"]
+        kept = "" if tag.name in VOID else ", kept its content"
+        return [f"removed <{shorten(tag.name, 40)}> tag{kept} (not allowed in an email)"]
     allowed = ATTRIBUTES["*"] | ATTRIBUTES.get(tag.name, set())
     found = []
     for name, value in tag.attributes:
@@ -217,11 +231,14 @@ class Nesting:
     def close(self, name: str) -> None:
         if not self.open_count.get(name):
             return  # a browser ignores a closing tag with nothing to close
-        while True:
-            top = self.stack.pop()
+        index = len(self.stack) - 1
+        while self.stack[index] != name:
+            if self.stack[index] in SCOPE_MARKERS:
+                return  # out of reach: ignored too
+            index -= 1
+        for top in self.stack[index:]:
             self.open_count[top] -= 1
-            if top == name:
-                return
+        del self.stack[index:]
 
 
 CLEAN_TAG_RE = re.compile(r"<(/?)([a-zA-Z][^\s/>]*)")
