@@ -280,6 +280,23 @@ def test_check_says_what_it_removed_and_where(write_digest, settings):
     assert len(warnings) == len(expected), warnings
 
 
+def test_links_an_email_cannot_follow_are_removed_with_a_warning(write_digest, settings, renderer):
+    text = GOOD.replace("Intro paragraph.", "Intro [relative](page.html), [ftp](ftp://files.example.org/x)\n"
+                        "and ![a chart](//cdn.example.org/chart.png) paragraph.")
+    path = write_digest(text)
+    digest = load_digest(path, settings)
+    assert [str(w) for w in digest.warnings] == [
+        f"{path}:11: removed <a> href 'page.html' (an email can only link to http, https and mailto URLs "
+        "and to #anchors)",
+        f"{path}:11: removed <a> href 'ftp://files.example.org/x' (an email can only link to http, https "
+        "and mailto URLs and to #anchors)",
+        f"{path}:12: removed <img> src '//cdn.example.org/chart.png' (an email can only link to http, "
+        "https and mailto URLs and to #anchors)"]
+    page = renderer.render(digest).html
+    assert "page.html" not in page and "ftp:" not in page and "cdn.example.org" not in page
+    assert "relative</a>" in page and 'alt="a chart"' in page
+
+
 def test_check_prints_the_removals(run, tmp_path):
     digest = tmp_path / "raw.md"
     digest.write_text(GOOD.lstrip().replace("Intro paragraph.", 'Intro <span onclick="x()">paragraph</span>.'))
