@@ -12,14 +12,13 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-import yaml
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from mdit_py_plugins.footnote import footnote_plugin
 
-from . import plaintext, rawhtml
+from . import frontmatter, plaintext, rawhtml
 from .config import Settings
 from .errors import DigestError, Problem, shorten
 from .rawhtml import LINK_STYLE  # noqa: F401  render.py styles its references to match
@@ -39,21 +38,10 @@ MAX_LABEL = 999
 # A TODO inside a URL is the URL's. A scheme starts only where a word starts: tried at every
 # letter of a long word, the pattern would take time quadratic in the word's length.
 URL_RE = re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s)>\]]+", re.I)
-# Invisible characters that break the email (\x02 and \x03 mark footnote references inside us;
-# MJML refuses most of the others). Tabs and line ends are text.
-CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-LINE_BREAK_RE = re.compile("[\n\u2028\u2029]")
-BIDI_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
 # fn-N and fnref-N-M are the anchors render.py gives notes and references.
 NOTE_ANCHOR_RE = re.compile(r"fn(ref)?(-|$)")
-# Raw HTML blocks that, in CommonMark, run on to their end marker, however far away it is.
-BLOCK_OPENING_RE = re.compile(r" {0,3}(<!--|<\?|<!\[CDATA\[|<![a-z]|<(script|pre|style|textarea)(?=[\s>]|$))",
-                              re.I)
-BLOCK_ENDS = (("<!--", "-->"), ("<?", "?>"), ("<![cdata[", "]]>"), ("<!", ">"))
 # The lists, quotes and footnotes that markdown-it reads only down to `maxNesting` levels.
 CONTAINERS = {"blockquote_open", "list_item_open", "footnote_reference_open"}
-# libyaml when PyYAML was built with it: about 16 times faster than the pure-Python loader.
-YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 FRONT_MATTER_KEYS = {"title", "subtitle", "date", "author", "categories", "tldr", "preheader",
                      "footnotes"}
 
@@ -178,7 +166,7 @@ def _escape(text: str) -> str:
 MD = _markdown()
 
 
-class _Checker:
+class Checker:
     """Collects problems with file and line while a digest is read."""
 
     def __init__(self, path: Path):
@@ -204,7 +192,7 @@ class _Checker:
 def load_digest(path: str | Path, settings: Settings) -> Digest:
     """Read and check a digest file; raise `DigestError` listing every error found."""
     path = Path(path)
-    check = _Checker(path)
+    check = Checker(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -219,12 +207,12 @@ def load_digest(path: str | Path, settings: Settings) -> Digest:
     return digest
 
 
-def parse_digest(text: str, path: Path, settings: Settings, check: _Checker) -> Digest | None:
+def parse_digest(text: str, path: Path, settings: Settings, check: Checker) -> Digest | None:
     # markdown-it and YAML both take a lone CR for a line end: count lines the way they do.
     text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     lines = text.split("\n")
-    front, body_start = _split_front_matter(lines, check)
-    loaded = _load_front_matter(front, check) if front is not None else None
+    front, body_start = frontmatter.split(lines, check)
+    loaded = frontmatter.load(front, check) if front is not None else None
     _check_placeholders(lines, check)
     body_lines = _without_control_characters(lines[body_start:], body_start, check)
     if loaded is None:  # already reported; the rest would only add noise
@@ -238,10 +226,10 @@ def parse_digest(text: str, path: Path, settings: Settings, check: _Checker) -> 
         if key not in FRONT_MATTER_KEYS:
             check.warn(line_of(key), f"unknown front matter key '{shorten(key)}' "
                        f"(known: {', '.join(sorted(FRONT_MATTER_KEYS))})")
-    title = _text_field(meta, "title", line_of, check)
+    title = frontmatter.text_field(meta, "title", line_of, check)
     if not title:
         check.error(1, "front matter has no 'title'")
-    _check_subject(title, line_of("title"), check)
+    frontmatter.check_subject(title, line_of("title"), check)
     default_categories = _categories(meta.get("categories"), line_of("categories"), settings, check)
     footnote_mode = meta.get("footnotes", "inline")
     if footnote_mode not in ("inline", "end"):
@@ -253,13 +241,13 @@ def parse_digest(text: str, path: Path, settings: Settings, check: _Checker) -> 
             not all(isinstance(t, (str, int, float)) for t in tldr):
         check.error(line_of("tldr"), "'tldr' must be a list of short lines")
         tldr = []
-    tldr = [_clean_text(str(t), "tldr", line_of(f"tldr.{i}"), check) for i, t in enumerate(tldr)]
+    tldr = [frontmatter.clean_text(str(t), "tldr", line_of(f"tldr.{i}"), check) for i, t in enumerate(tldr)]
 
     check.body_start = body_start
     env: dict[str, Any] = {}
     tokens = MD.parse("\n".join(body_lines), env)
     _check_nesting(tokens, check)
-    _check_html_blocks(tokens, check)
+    rawhtml.check_blocks(tokens, check)
     _check_references(tokens, body_lines, check)
     main, footnotes = _take_footnotes(tokens, env, check)
     opening_tokens, story_chunks = _split_stories(main)
@@ -275,133 +263,17 @@ def parse_digest(text: str, path: Path, settings: Settings, check: _Checker) -> 
         check.warn(body_start + 1, "the digest has no stories (a story starts with a '## ' heading)")
 
     return Digest(
-        path=path, title=title, subtitle=_text_field(meta, "subtitle", line_of, check),
-        date=_date(meta.get("date"), line_of("date"), check),
-        author=_text_field(meta, "author", line_of, check),
-        preheader=_text_field(meta, "preheader", line_of, check),
+        path=path, title=title, subtitle=frontmatter.text_field(meta, "subtitle", line_of, check),
+        date=frontmatter.date(meta.get("date"), line_of("date"), check),
+        author=frontmatter.text_field(meta, "author", line_of, check),
+        preheader=frontmatter.text_field(meta, "preheader", line_of, check),
         footnote_mode=footnote_mode, opening=opening, stories=stories,
         footnotes={label: note for label, note in footnotes.items() if label in cited},
         warnings=[p for p in check.problems if p.severity == "warning"],
     )
 
 
-# -- front matter -------------------------------------------------------------------------------
-
-def _split_front_matter(lines: list[str], check: _Checker) -> tuple[str | None, int]:
-    if not lines or lines[0].strip() != "---":
-        check.error(1, "no front matter: the file must start with a '---' line, then YAML, then '---'")
-        return None, 0
-    for i in range(1, len(lines)):
-        if lines[i].strip() in ("---", "..."):
-            return "\n".join(lines[1:i]), i + 1
-    check.error(1, "front matter is not closed by a '---' line")
-    return None, 0
-
-
-def _load_front_matter(front: str, check: _Checker) -> tuple[dict[str, Any], dict[str, int]] | None:
-    loader = YAML_LOADER(front)
-    try:
-        node = loader.get_single_node()  # parsed once: the nodes give lines, then the values
-        if node is not None and not _check_nodes(node, check):
-            return None
-        meta = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        line = mark.line + 2 if mark is not None else 1
-        if isinstance(e, yaml.reader.ReaderError):  # a character YAML refuses: at .position
-            line = front.count("\n", 0, e.position) + 2
-        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e).splitlines()[0]
-        check.error(line, f"invalid front matter: {shorten(problem, 120)}")
-        return None
-    finally:
-        loader.dispose()
-    if meta is None:
-        meta = {}
-    if not isinstance(meta, dict):
-        check.error(2, "front matter must be 'key: value' lines")
-        return None
-    key_lines = {}
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            if isinstance(k, yaml.ScalarNode):
-                key_lines[k.value] = k.start_mark.line + 2
-                if isinstance(v, yaml.SequenceNode):  # each item's own line: "tldr.0", ...
-                    key_lines |= {f"{k.value}.{i}": item.start_mark.line + 2 for i, item in enumerate(v.value)}
-    return meta, key_lines
-
-
-def _check_nodes(root: yaml.Node, check: _Checker) -> bool:
-    """Refuse aliases (700 bytes of them expand to gigabytes) and keys given twice."""
-    seen: set[int] = set()
-    todo: list[tuple[yaml.Node, str, int]] = [(root, "", root.start_mark.line + 2)]
-    fine = True
-    while todo:  # depth first, in the order of the text: an alias comes after its anchor
-        node, key, line = todo.pop()
-        if id(node) in seen:  # the composer hands out an alias as the very node it names
-            where = f"'{shorten(key)}' uses" if key else "the front matter uses"
-            check.error(line, f"{where} a YAML alias (*name); aliases are not allowed in the "
-                        "front matter")
-            return False
-        seen.add(id(node))
-        children: list[tuple[yaml.Node, str, int]] = []
-        if isinstance(node, yaml.MappingNode):
-            first: dict[tuple[str, str], int] = {}
-            for k, v in node.value:
-                k_line = k.start_mark.line + 2
-                name = key or (k.value if isinstance(k, yaml.ScalarNode) else "")
-                if isinstance(k, yaml.ScalarNode):
-                    if (k.tag, k.value) in first:
-                        check.error(k_line, f"key '{shorten(k.value)}' is given twice in the front "
-                                    f"matter (first on line {first[k.tag, k.value]})")
-                        fine = False
-                    first.setdefault((k.tag, k.value), k_line)
-                children += [(k, name, k_line), (v, name, k_line)]
-        elif isinstance(node, yaml.SequenceNode):
-            children = [(item, key, line) for item in node.value]
-        todo.extend(reversed(children))
-    return fine
-
-
-def _text_field(meta: dict, key: str, line_of: Callable[[str], int], check: _Checker) -> str:
-    value = meta.get(key)
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        check.error(line_of(key), f"'{key}' must be text")
-        return ""
-    return _clean_text(str(value).strip(), key, line_of(key), check)
-
-
-def _clean_text(text: str, key: str, line: int, check: _Checker) -> str:
-    """The text without control characters, each an error: they break the email, or worse."""
-    found = CONTROL_RE.search(text)
-    if found is None:
-        return text
-    check.error(line, f"'{key}' contains the control character {ascii(found.group())}; remove it")
-    return CONTROL_RE.sub("", text)
-
-
-def _check_subject(title: str, line: int, check: _Checker) -> None:
-    """The title is the subject: a header, one line long, that shows what it says."""
-    if LINE_BREAK_RE.search(title):
-        check.error(line, "'title' is the subject line and cannot contain a line break")
-    bidi = BIDI_RE.search(title)
-    if bidi:
-        check.warn(line, f"'title' contains the invisible bidirectional control U+{ord(bidi.group()):04X}, "
-                   "which can make the subject read differently from what it is")
-
-
-def _date(value: Any, line: int, check: _Checker) -> dt.date | None:
-    if value is None or isinstance(value, dt.date):
-        return value.date() if isinstance(value, dt.datetime) else value
-    try:
-        return dt.date.fromisoformat(str(value).strip())
-    except ValueError:
-        check.error(line, f"'date' must be a date like 2026-04-22, got {shorten(repr(value))}")
-        return None
-
-
-def _categories(value: Any, line: int, settings: Settings, check: _Checker, *,
+def _categories(value: Any, line: int, settings: Settings, check: Checker, *,
                 comment: bool = False) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -420,7 +292,7 @@ def _categories(value: Any, line: int, settings: Settings, check: _Checker, *,
     return slugs
 
 
-def _check_placeholders(lines: list[str], check: _Checker) -> None:
+def _check_placeholders(lines: list[str], check: Checker) -> None:
     in_fence = False
     for number, line in enumerate(lines, 1):
         if FENCE_RE.match(line):
@@ -459,15 +331,15 @@ def _without_code_spans(line: str) -> str:
     return "".join(parts)
 
 
-def _without_control_characters(lines: list[str], first: int, check: _Checker) -> list[str]:
+def _without_control_characters(lines: list[str], first: int, check: Checker) -> list[str]:
     """The body's lines, each control character in them reported and taken out."""
     cleaned = []
     for number, line in enumerate(lines, first + 1):
-        found = CONTROL_RE.search(line)
+        found = frontmatter.CONTROL_RE.search(line)
         if found:
             check.error(number, f"the text contains the invisible control character "
                         f"{ascii(found.group())}; remove it")
-            line = CONTROL_RE.sub("", line)
+            line = frontmatter.CONTROL_RE.sub("", line)
         cleaned.append(line)
     return cleaned
 
@@ -488,7 +360,7 @@ def _undefined_refs(children: list[Token], written: dict[str, int]) -> list[str]
             for m in UNDEFINED_REF_RE.finditer(child.content) if m.group(1) in written]
 
 
-def _check_references(tokens: list[Token], body_lines: list[str], check: _Checker) -> None:
+def _check_references(tokens: list[Token], body_lines: list[str], check: Checker) -> None:
     for token in tokens:
         if token.type != "inline" or not token.map:
             continue
@@ -501,21 +373,7 @@ def _check_references(tokens: list[Token], body_lines: list[str], check: _Checke
             check.error(check.line_at(written[label]), f"footnote [^{shorten(label)}] is never defined")
 
 
-def _check_html_blocks(tokens: list[Token], check: _Checker) -> None:
-    """A comment, <script>, <pre>, ... that is never closed makes the rest of the file one
-    block of raw HTML: the stories after it would be hidden or shown as source."""
-    for token in tokens:
-        opening = BLOCK_OPENING_RE.match(token.content) if token.type == "html_block" else None
-        if opening is None or not token.map:
-            continue
-        kind = opening.group(1).lower()
-        end = f"</{kind[1:]}>" if opening.group(2) else next(e for p, e in BLOCK_ENDS if kind.startswith(p))
-        if end not in token.content[opening.start(1) + 2:].lower():  # from +2: <!--> is closed
-            check.error(check.line_at(token.map[0]), f"'{kind[:9]}' is never closed ('{end}' is "
-                        "missing): everything after it would be raw HTML")
-
-
-def _check_nesting(tokens: list[Token], check: _Checker) -> None:
+def _check_nesting(tokens: list[Token], check: Checker) -> None:
     """markdown-it stops reading lists and quotes `maxNesting` levels deep, and silently drops
     what is nested deeper: refuse to get that far."""
     limit = MD.options["maxNesting"]
@@ -527,7 +385,7 @@ def _check_nesting(tokens: list[Token], check: _Checker) -> None:
             return
 
 
-def _take_footnotes(tokens: list[Token], env, check: _Checker
+def _take_footnotes(tokens: list[Token], env, check: Checker
                     ) -> tuple[list[Token], dict[str, Footnote]]:
     """Pull every footnote definition out of the token stream, wherever the writer put it."""
     main: list[Token] = []
@@ -553,7 +411,7 @@ def _take_footnotes(tokens: list[Token], env, check: _Checker
     return main, notes
 
 
-def _footnote(label: str, tokens: list[Token], env, line: int, check: _Checker) -> Footnote | None:
+def _footnote(label: str, tokens: list[Token], env, line: int, check: Checker) -> Footnote | None:
     first_inline = next((t for t in tokens if t.type == "inline"), None)
     children = first_inline.children if first_inline else []
     link = next((c for c in children or [] if c.type == "link_open"), None)
@@ -608,7 +466,7 @@ def _split_stories(tokens: list[Token]) -> tuple[list[Token], list[list[Token]]]
     return opening, stories
 
 
-def _opening(tokens, tldr: list[str], tldr_line, env, settings, check: _Checker) -> Section:
+def _opening(tokens, tldr: list[str], tldr_line, env, settings, check: Checker) -> Section:
     categories = None
     body = []
     for token in tokens:
@@ -631,7 +489,7 @@ def _opening(tokens, tldr: list[str], tldr_line, env, settings, check: _Checker)
     )
 
 
-def _story(tokens: list[Token], env, default_categories, settings, check: _Checker) -> Section:
+def _story(tokens: list[Token], env, default_categories, settings, check: Checker) -> Section:
     heading = tokens[1]
     line = check.line_at(tokens[0].map[0]) if tokens[0].map else 1
     title_text = plaintext.inline(heading.children or []).strip()
@@ -678,7 +536,7 @@ def _categories_comment(token: Token) -> str | None:
     return m.group(1) if m else None
 
 
-def _take_source(section: Section | RoundupItem, tokens: list[Token], env, check: _Checker) -> list[Token]:
+def _take_source(section: Section | RoundupItem, tokens: list[Token], env, check: Checker) -> list[Token]:
     """A first paragraph starting with 'Source:' is the source line."""
     if len(tokens) >= 3 and tokens[0].type == "paragraph_open" and tokens[1].children \
             and tokens[1].children[0].type == "text" and SOURCE_RE.match(tokens[1].children[0].content):
@@ -692,7 +550,7 @@ def _take_source(section: Section | RoundupItem, tokens: list[Token], env, check
     return tokens
 
 
-def _take_tldr(section: Section, tokens: list[Token], env, check: _Checker) -> list[Token]:
+def _take_tldr(section: Section, tokens: list[Token], env, check: Checker) -> list[Token]:
     """A bullet list right at the top of a story is its TL;DR."""
     if not tokens or tokens[0].type != "bullet_list_open":
         return tokens
@@ -716,7 +574,7 @@ def _take_tldr(section: Section, tokens: list[Token], env, check: _Checker) -> l
     return tokens[end:]
 
 
-def _roundup_items(tokens: list[Token], env, check: _Checker) -> list[RoundupItem]:
+def _roundup_items(tokens: list[Token], env, check: Checker) -> list[RoundupItem]:
     chunks: list[list[Token]] = []
     for token in tokens:
         if token.type == "heading_open" and token.tag == "h3":
@@ -740,104 +598,18 @@ def _roundup_items(tokens: list[Token], env, check: _Checker) -> list[RoundupIte
 
 # -- raw HTML and nesting -------------------------------------------------------------------------
 
-def _html(tokens: list[Token], env, line: int, check: _Checker) -> str:
+def _html(tokens: list[Token], env, line: int, check: Checker) -> str:
     """Tokens (blocks, or one line's inline tokens starting on `line`) as HTML fit for email:
     raw HTML through the allow-list, what it removes reported, nesting kept shallow enough that
     no parser on the way cuts the email short."""
-    if not _Inspection(line, check).run(tokens):
+    if not rawhtml.Inspection(line, check).run(tokens):
         return ""  # an error; and too deep for the sanitizer, whose time grows with depth squared
     cleaned = rawhtml.clean(MD.renderer.render(tokens, MD.options, env))
     # What browsers build can nest deeper than the tags counted (tables get rows and bodies).
     if rawhtml.depth(cleaned) > rawhtml.MAX_DEPTH:
-        check.error(line, _too_deep())
+        check.error(line, rawhtml.too_deep())
         return ""
     return cleaned
-
-
-class _Inspection:
-    """One fragment, walked before it is rendered: each thing the allow-list will remove is a
-    warning on its line; elements nesting too deep, or an element removed with its content that
-    never closes (taking the rest of the fragment with it), are errors."""
-
-    def __init__(self, line: int, check: _Checker):
-        self.line, self.check = line, check
-        self.nesting = rawhtml.Nesting()
-        self.opened_on: dict[str, int] = {}  # element removed with its content -> its line
-        self.raw_text: str | None = None  # an open <script> or the like: all is text up to its end
-
-    def run(self, tokens: list[Token]) -> bool:
-        for token in tokens:
-            if token.map:
-                self.line = self.check.line_at(token.map[0])
-            for child in (token.children or []) if token.type == "inline" else [token]:
-                if not self.visit(child):
-                    return False
-        left_open = [self.raw_text] if self.raw_text else \
-            [name for name in self.nesting.stack if name in rawhtml.DROPPED_WITH_CONTENT]
-        if left_open:
-            self.check.error(self.opened_on.get(left_open[0], self.line), f"<{left_open[0]}> is never closed: it "
-                             "and everything after it would be left out of the email")
-        return not left_open
-
-    def visit(self, token: Token) -> bool:
-        if token.type in ("softbreak", "hardbreak"):
-            self.line += 1
-        elif token.type in ("html_block", "html_inline"):
-            return self.raw(token.content, inline=token.type == "html_inline")
-        elif self.raw_text:
-            return True  # Markdown inside <script>...</script> is script
-        elif token.type in ("link_open", "image"):
-            attribute = "href" if token.type == "link_open" else "src"
-            url = str(token.attrGet(attribute) or "")
-            if not rawhtml.url_allowed(url):
-                self.check.warn(self.line, rawhtml.removed_value(token.tag, attribute, url))
-        if token.nesting and not token.hidden:
-            return self.tag(token.tag, closing=token.nesting == -1)
-        return True
-
-    def raw(self, raw: str, inline: bool) -> bool:
-        line = self.line
-        fine = self.raw_tags(raw)
-        # an inline tag can span lines; a block's next token knows its own line
-        self.line = line + raw.count("\n") if inline else line
-        return fine
-
-    def raw_tags(self, raw: str) -> bool:
-        start = 0
-        if self.raw_text:
-            start = rawhtml.end_of_raw_text(self.raw_text, raw)
-            if start < 0:
-                return True
-            self.raw_text = None
-        counted_to = 0
-        for tag in rawhtml.tags(raw[start:] if start else raw):
-            self.line += raw.count("\n", counted_to, start + tag.offset)
-            counted_to = start + tag.offset
-            for message in rawhtml.removals(tag):
-                self.check.warn(self.line, message)
-            if not self.tag(tag.name, tag.closing):
-                return False
-            if tag.runs_on:
-                self.raw_text = tag.name
-                self.opened_on.setdefault(tag.name, self.line)
-        return True
-
-    def tag(self, name: str, closing: bool) -> bool:
-        if closing:
-            self.nesting.close(name)
-            return True
-        if name in rawhtml.DROPPED_WITH_CONTENT:
-            self.opened_on[name] = self.line
-        self.nesting.open(name)
-        if self.nesting.depth > rawhtml.MAX_DEPTH:
-            self.check.error(self.line, _too_deep())
-            return False
-        return True
-
-
-def _too_deep() -> str:
-    return (f"elements nest more than {rawhtml.MAX_DEPTH} levels deep here; email clients would "
-            "cut the email off at this point")
 
 
 # -- anchors -------------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 Every fragment a digest renders to (a title, a source line, a TL;DR item, a body, a note) goes
 through `clean` as a whole, not tag by tag: an opening `<span>` and its closing tag are often in
-different Markdown tokens, and only the whole fragment can come out balanced. `tags` reads the
-writer's raw HTML roughly as a browser would, so that the checks can say, with a line, what
-`clean` removes (`removals`) and how deep the tags nest (`Nesting`).
+different Markdown tokens, and only the whole fragment can come out balanced. Before that,
+`Inspection` walks the fragment's tokens, reading raw HTML roughly as a browser would (`tags`), to
+say with a line what `clean` will remove and to refuse nesting that would cut the email short.
 """
 
 from __future__ import annotations
@@ -12,11 +12,15 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import nh3
+from markdown_it.token import Token
 
 from .errors import shorten
+
+if TYPE_CHECKING:
+    from .digest import Checker
 
 # Links are the most frequent element of a digest; styling them here spares premailer (which
 # costs per styled element) most of its work. Every link gets it, the writer's own <a> too.
@@ -65,6 +69,10 @@ SIBLINGS = {"dd", "dt", "li", "option", "p", "td", "th", "tr"}  # <p>a<p>b: the 
 # <p><object>...</p>, the </p> leaves the object (and all that follows) inside it.
 SCOPE_MARKERS = {"applet", "caption", "marquee", "object", "table", "td", "template", "th"}
 
+# Raw HTML blocks that, in CommonMark, run on to their end marker, however far away it is.
+BLOCK_OPENING_RE = re.compile(r" {0,3}(<!--|<\?|<!\[CDATA\[|<![a-z]|<(script|pre|style|textarea)(?=[\s>]|$))",
+                              re.I)
+BLOCK_ENDS = (("<!--", "-->"), ("<?", "?>"), ("<![cdata[", "]]>"), ("<!", ">"))
 PLACEHOLDER_RE = re.compile("\x02([^\x03]*)\x03")
 NUMBERED_RE = re.compile("\x02([0-9]+)\x03")
 
@@ -254,3 +262,105 @@ def depth(cleaned: str) -> int:
             nesting.open(tag.group(2).lower())
             deepest = max(deepest, nesting.depth)
     return deepest
+
+
+# -- raw HTML in a digest's Markdown -----------------------------------------------------------
+
+def check_blocks(tokens: list[Token], check: Checker) -> None:
+    """A comment, <script>, <pre>, ... that is never closed makes the rest of the file one
+    block of raw HTML: the stories after it would be hidden or shown as source."""
+    for token in tokens:
+        opening = BLOCK_OPENING_RE.match(token.content) if token.type == "html_block" else None
+        if opening is None or not token.map:
+            continue
+        kind = opening.group(1).lower()
+        end = f"</{kind[1:]}>" if opening.group(2) else next(e for p, e in BLOCK_ENDS if kind.startswith(p))
+        if end not in token.content[opening.start(1) + 2:].lower():  # from +2: <!--> is closed
+            check.error(check.line_at(token.map[0]), f"'{kind[:9]}' is never closed ('{end}' is "
+                        "missing): everything after it would be raw HTML")
+
+
+class Inspection:
+    """One fragment, walked before it is rendered: each thing the allow-list will remove is a
+    warning on its line; elements nesting too deep, or an element removed with its content that
+    never closes (taking the rest of the fragment with it), are errors."""
+
+    def __init__(self, line: int, check: Checker):
+        self.line, self.check = line, check
+        self.nesting = Nesting()
+        self.opened_on: dict[str, int] = {}  # element removed with its content -> its line
+        self.raw_text: str | None = None  # an open <script> or the like: all is text up to its end
+
+    def run(self, tokens: list[Token]) -> bool:
+        for token in tokens:
+            if token.map:
+                self.line = self.check.line_at(token.map[0])
+            for child in (token.children or []) if token.type == "inline" else [token]:
+                if not self.visit(child):
+                    return False
+        left_open = [self.raw_text] if self.raw_text else \
+            [name for name in self.nesting.stack if name in DROPPED_WITH_CONTENT]
+        if left_open:
+            self.check.error(self.opened_on.get(left_open[0], self.line), f"<{left_open[0]}> is never closed: it "
+                             "and everything after it would be left out of the email")
+        return not left_open
+
+    def visit(self, token: Token) -> bool:
+        if token.type in ("softbreak", "hardbreak"):
+            self.line += 1
+        elif token.type in ("html_block", "html_inline"):
+            return self.raw(token.content, inline=token.type == "html_inline")
+        elif self.raw_text:
+            return True  # Markdown inside <script>...</script> is script
+        elif token.type in ("link_open", "image"):
+            attribute = "href" if token.type == "link_open" else "src"
+            url = str(token.attrGet(attribute) or "")
+            if not url_allowed(url):
+                self.check.warn(self.line, removed_value(token.tag, attribute, url))
+        if token.nesting and not token.hidden:
+            return self.tag(token.tag, closing=token.nesting == -1)
+        return True
+
+    def raw(self, raw: str, inline: bool) -> bool:
+        line = self.line
+        fine = self.raw_tags(raw)
+        # an inline tag can span lines; a block's next token knows its own line
+        self.line = line + raw.count("\n") if inline else line
+        return fine
+
+    def raw_tags(self, raw: str) -> bool:
+        start = 0
+        if self.raw_text:
+            start = end_of_raw_text(self.raw_text, raw)
+            if start < 0:
+                return True
+            self.raw_text = None
+        counted_to = 0
+        for tag in tags(raw[start:] if start else raw):
+            self.line += raw.count("\n", counted_to, start + tag.offset)
+            counted_to = start + tag.offset
+            for message in removals(tag):
+                self.check.warn(self.line, message)
+            if not self.tag(tag.name, tag.closing):
+                return False
+            if tag.runs_on:
+                self.raw_text = tag.name
+                self.opened_on.setdefault(tag.name, self.line)
+        return True
+
+    def tag(self, name: str, closing: bool) -> bool:
+        if closing:
+            self.nesting.close(name)
+            return True
+        if name in DROPPED_WITH_CONTENT:
+            self.opened_on[name] = self.line
+        self.nesting.open(name)
+        if self.nesting.depth > MAX_DEPTH:
+            self.check.error(self.line, too_deep())
+            return False
+        return True
+
+
+def too_deep() -> str:
+    return (f"elements nest more than {MAX_DEPTH} levels deep here; email clients would "
+            "cut the email off at this point")
