@@ -39,7 +39,7 @@ INPUTS = {
     "long word": lambda n: {"body": "x" * (8 * n)},
     "long footnote title": lambda n: {"title": "x" * (8 * n)},
     "run of [^": lambda n: {"body": "[^" * n},
-    "run of backticks": lambda n: {"body": "`" * n + " x"},
+    "run of backticks": lambda n: {"body": "x " + "`" * n + " x"},  # not at the start: a fence
     "undefined notes": lambda n: {"body": " ".join(f"[^u{i}]" for i in range(n // 4))},
     "raw HTML tags": lambda n: {"body": '<span onclick="x()">a</span> ' * (n // 4)},
     "deep <div>s": lambda n: {"body": "<div>" * n},
