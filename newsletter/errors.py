@@ -20,6 +20,7 @@ nothing else reaches the user as a traceback.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,3 +108,12 @@ class Rejected(ProviderError):
 
 class SendError(NewsletterError):
     pass
+
+
+_UNPRINTABLE_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def shorten(value: object, width: int = 80) -> str:
+    """A value as a message shows it: one line, control characters escaped, at most `width` long."""
+    text = _UNPRINTABLE_RE.sub(lambda m: ascii(m.group())[1:-1], str(value)[:width * 8])
+    return text if len(text) <= width else text[:width - 1] + "…"

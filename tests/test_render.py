@@ -182,3 +182,82 @@ def test_text_is_escaped_in_html(write_digest, settings, renderer):
     assert "<b>ships</b>" not in email.html
     assert email.subject == 'AT&T <b>ships</b> "quotes"'
     assert 'AT&T <b>ships</b> "quotes"' in email.text
+
+
+# -- anchors: unique, and with `name` where Gmail and Outlook look for it ------------------------
+
+COLLIDING = """
+---
+title: Colliding anchors
+categories: [ai-research]
+---
+
+Intro citing a note.[^a]
+
+## fn 1
+Cites[^a] and[^b] twice.[^a]
+
+## fnref 1 1
+Text.[^b]
+
+## FN
+Text.
+
+## FN
+Text.
+
+## Same
+Text.
+
+## Same
+Text.
+
+## Same 2
+Text.
+
+## fnref-2-1
+<!-- categories: ai-tech -->
+Text.[^c]
+
+## Round-ups
+
+### An item
+Text.
+
+[^a]: [A](https://a.example.org)
+[^b]: [B](https://b.example.org)
+[^c]: [C](https://c.example.org)
+"""
+
+
+def anchors(page: str) -> tuple[list[str], set[str]]:
+    """Every anchor target of the email (one per element) and every in-page link."""
+    tree = lxml_html.fromstring(page)
+    targets = []
+    for element in tree.xpath("//*[@id or @name]"):
+        names = {element.get("id"), element.get("name")} - {None}
+        assert len(names) == 1, f"name and id differ: {names}"
+        targets += names
+    return targets, {a.get("href")[1:] for a in tree.xpath("//a[starts-with(@href, '#')]")}
+
+
+@pytest.mark.parametrize("categories", [None, ["ai-research"], ["ai-tech"], []])
+def test_every_anchor_is_unique(write_digest, settings, renderer, categories):
+    digest = load_digest(write_digest(COLLIDING), settings)
+    assert [s.anchor for s in digest.stories] == [
+        "story-fn-1", "story-fnref-1-1", "story-fn", "story-fn-2", "same", "same-2", "same-2-2",
+        "story-fnref-2-1", "round-ups"]
+    targets, links = anchors(renderer.render(digest, categories).html)
+    assert len(targets) == len(set(targets)), sorted(t for t in targets if targets.count(t) > 1)
+    assert links <= set(targets), "every in-page link has its target"
+
+
+@pytest.mark.parametrize("categories", VARIANTS)
+def test_story_headings_carry_name_and_id(renderer, example, categories):
+    email = renderer.render(example, categories)
+    tree = lxml_html.fromstring(email.html)
+    headed = [s for s in email.variant.sections if s.kind in ("story", "roundups")]
+    assert headed
+    for section in headed:
+        target = tree.xpath(f"//h2/a[@name='{section.anchor}'][@id='{section.anchor}']")
+        assert len(target) == 1, f"{section.anchor}: Gmail and Outlook jump only to <a name>"
