@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .cli import App, cli, pass_app, plural, shown_path
+from .config import load_secret_key
 from .digest import load_digest
 from .errors import ExitCode, SendError
 from .ledger import Ledger, Run, RunStatus
@@ -122,7 +123,8 @@ def send_tests(app: App, digest, variants: dict, addresses: tuple[str, ...]) -> 
 def deliver(app: App, ledger: Ledger, provider, run: Run, digest, variants: dict) -> None:
     """Send a run with a progress bar; Ctrl-C pauses after the batch in flight."""
     settings = app.settings
-    sender = Sender(ledger, provider, Composer(settings, digest, variants), rate=settings.send_rate,
+    composer = Composer(settings, digest, variants, view_key=load_secret_key(settings))
+    sender = Sender(ledger, provider, composer, rate=settings.send_rate,
                     batch_size=settings.batch_size, max_failures=settings.max_failures)
     interrupted = []
 

@@ -21,6 +21,7 @@ from premailer import Premailer
 from .config import Settings
 from .digest import LINK_STYLE, REF_RE, Digest, Footnote, Section
 from .errors import RenderError
+from .links import Links
 
 DOCTYPE = "<!doctype html>"
 SIZE_WARNING = 90 * 1024  # Gmail clips messages at about 102 KB
@@ -255,9 +256,8 @@ def personalize(text: str, links: dict[str, str], *, html: bool = False) -> str:
 
 
 def preview_links(settings: Settings, digest: Digest) -> dict[str, str]:
-    base = settings.base_url
-    return {"unsubscribe_url": f"{base}/u/preview", "preferences_url": f"{base}/p/preview",
-            "browser_url": f"{base}/issues/{digest.slug}"}
+    """Sample reader links for previews and test copies."""
+    return Links(settings.base_url).for_preview(digest.slug)
 
 
 # -- view models: sections with their footnote references numbered -------------------------------

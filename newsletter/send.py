@@ -23,6 +23,7 @@ from .config import Settings
 from .digest import Digest
 from .errors import ProviderError, QuotaExceeded, RateLimited, Rejected, SendError, Unavailable
 from .ledger import Batch, Ledger, Recipient, Run, RunStatus
+from .links import Links
 from .providers import Message, Provider
 from .providers.mime import to_mime
 from .render import Personal, Renderer
@@ -157,23 +158,23 @@ def settings_sha256(settings: Settings) -> str:
 # -- messages -----------------------------------------------------------------------------------
 
 class Composer:
-    """A reader's message: their variant with their links, and the list headers (RFC 8058)."""
+    """A reader's message: their variant with their links, and the list headers (RFC 8058).
 
-    def __init__(self, settings: Settings, digest: Digest, variants: dict[str, Variant]):
+    With the secret key (`view_key`), the view-in-browser link shows the reader's variant;
+    without it, the whole issue."""
+
+    def __init__(self, settings: Settings, digest: Digest, variants: dict[str, Variant],
+                 view_key: bytes | None = None):
         self.settings, self.digest, self.variants = settings, digest, variants
+        self.reader_links = Links(settings.base_url, view_key)
         host = re.sub(r"^https?://", "", settings.base_url).split("/")[0].split(":")[0]
         slug = re.sub(r"[^a-z0-9]+", "-", settings.name.lower()).strip("-") or "newsletter"
         self.list_id = f"{settings.name} <{slug}.{host}>"
         self.tag_issue = digest.slug
 
-    def links(self, token: str) -> dict[str, str]:
-        base = self.settings.base_url
-        return {"unsubscribe_url": f"{base}/u/{token}", "preferences_url": f"{base}/p/{token}",
-                "browser_url": f"{base}/issues/{self.digest.slug}?r={token}"}
-
     def message(self, key: str, recipient: Recipient) -> Message:
         variant = self.variants[recipient.variant]
-        links = self.links(recipient.token)
+        links = self.reader_links.for_reader(self.digest.slug, recipient.token, recipient.variant)
         return Message(
             key=key, to=recipient.email, sender=self.settings.sender, reply_to=self.settings.reply_to,
             subject=self.digest.title, html=variant.html.fill(links), text=variant.text.fill(links),

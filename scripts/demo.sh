@@ -6,8 +6,9 @@ source "$(dirname "$0")/bootstrap.sh"
 DIGEST=digests/2026-04-22-open-models-weekly.md
 DEMO=out/demo
 rm -rf "$DEMO"
-# The demo keeps its own database and outbox, so it never touches a real list.
-export NEWSLETTER_DATABASE_URL="sqlite:///$DEMO/subscribers.db" NEWSLETTER_OUTBOX_DIR="$DEMO/outbox"
+# The demo keeps its own database, outbox and secret key, so it never touches a real list.
+export NEWSLETTER_DATABASE_URL="sqlite:///$DEMO/subscribers.db" NEWSLETTER_OUTBOX_DIR="$DEMO/outbox" \
+  NEWSLETTER_SECRET_KEY_FILE="$DEMO/newsletter.key"
 mkdir -p "$DEMO"
 
 newsletter check "$DIGEST"

@@ -14,6 +14,7 @@ from newsletter.render import Renderer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "digests" / "2026-04-22-open-models-weekly.md"
+TEST_KEY = "test-secret-key-" + "k" * 32
 ARTIFACTS: list[str] = []  # paths the terminal summary prints (screenshots, ...)
 
 
@@ -62,6 +63,7 @@ def run(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     for var in [v for v in os.environ if v.startswith("NEWSLETTER_")]:
         monkeypatch.delenv(var)
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", TEST_KEY)  # never a key file in the repository
 
     def invoke(*args: str) -> Result:
         code = main([str(a) for a in args])

@@ -16,7 +16,7 @@ import pytest
 
 from newsletter.subscribers import Consent, ConsentMethod, Subscribers
 
-from .conftest import EXAMPLE, ROOT
+from .conftest import EXAMPLE, ROOT, TEST_KEY
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def real_send(db_url, fake, settings, readers: list[str], rate: int) -> tuple[di
         subs.add(email, categories=[("ai-tech",), ("essays",), ()][i % 3], consent=Consent(ConsentMethod.CLI))
     subs.close()
     env = dict(os.environ, NEWSLETTER_CONFIG=str(ROOT / "newsletter.toml"), NEWSLETTER_DATABASE_URL=db_url,
-               NEWSLETTER_PROVIDER="resend", NEWSLETTER_SEND_RATE=str(rate), NEWSLETTER_BATCH_SIZE="5",
+               NEWSLETTER_SECRET_KEY=TEST_KEY, NEWSLETTER_PROVIDER="resend", NEWSLETTER_SEND_RATE=str(rate), NEWSLETTER_BATCH_SIZE="5",
                RESEND_API_KEY=fake.state.api_key, RESEND_API_URL=fake.url)
     process = subprocess.Popen([*COMMAND, "send", str(EXAMPLE), "--yes"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)

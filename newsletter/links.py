@@ -1,0 +1,91 @@
+"""Every link a reader gets, built and read in one place.
+
+    BASE_URL/u/TOKEN          unsubscribe: a page (GET), or at once (POST, RFC 8058 one-click)
+    BASE_URL/p/TOKEN          the reader's preferences
+    BASE_URL/issues/SLUG      the issue on the web; `?v=VIEW` shows the variant a reader got
+    BASE_URL/confirm/SIGNED   double opt-in: confirms a signup
+
+TOKEN is the reader's secret (`subscribers.new_token`). VIEW is an HMAC of the issue and the
+variant under the secret key (`config.load_secret_key`): it can show one variant of one issue and
+carries nothing of the reader, whose unsubscribe token must not travel in a link that ends up in
+web logs, Referer headers and forwarded emails.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from typing import Iterable
+from urllib.parse import quote
+
+PATHS = {"unsubscribe": "u", "preferences": "p", "issue": "issues", "confirm": "confirm"}
+PATH_RE = re.compile(r"^/(u|p|issues|confirm)/([A-Za-z0-9._~-]{1,200})/?$")
+VIEW_PURPOSE = b"newsletter-view\x00"  # keeps these HMACs apart from any other use of the key
+VIEW_BYTES = 16  # 128 bits: unguessable, and short in a link
+
+
+class Links:
+    """The links of one newsletter (`base_url`); with the secret key, view links per variant."""
+
+    def __init__(self, base_url: str, key: bytes | None = None):
+        self.base = base_url.rstrip("/")
+        self.key = key
+        self._views: dict[tuple[str, str], str] = {}
+
+    def unsubscribe(self, token: str) -> str:
+        return f"{self.base}/u/{quote(token, safe='')}"
+
+    def preferences(self, token: str) -> str:
+        return f"{self.base}/p/{quote(token, safe='')}"
+
+    def issue(self, slug: str, view: str | None = None) -> str:
+        url = f"{self.base}/issues/{quote(slug, safe='')}"
+        return f"{url}?v={view}" if view else url
+
+    def confirm(self, signed: str) -> str:
+        return f"{self.base}/confirm/{quote(signed, safe='')}"
+
+    def view(self, slug: str, variant: str) -> str | None:
+        """The token that shows `variant` of issue `slug` (None without a key: the whole issue)."""
+        if self.key is None:
+            return None
+        if (slug, variant) not in self._views:
+            self._views[slug, variant] = view_token(self.key, slug, variant)
+        return self._views[slug, variant]
+
+    def for_reader(self, slug: str, token: str, variant: str) -> dict[str, str]:
+        """The values of an email's link placeholders for one reader (see render.PLACEHOLDERS)."""
+        return {"unsubscribe_url": self.unsubscribe(token), "preferences_url": self.preferences(token),
+                "browser_url": self.issue(slug, self.view(slug, variant))}
+
+    def for_preview(self, slug: str) -> dict[str, str]:
+        """Sample links for previews and test copies: they belong to no reader."""
+        return {"unsubscribe_url": f"{self.base}/u/preview", "preferences_url": f"{self.base}/p/preview",
+                "browser_url": self.issue(slug)}
+
+
+def view_token(key: bytes, slug: str, variant: str) -> str:
+    digest = hmac.new(key, VIEW_PURPOSE + f"{slug}\x00{variant}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:VIEW_BYTES]).decode().rstrip("=")
+
+
+def find_view(key: bytes, slug: str, view: str, variants: Iterable[str]) -> str | None:
+    """The variant of `slug` that `view` shows, or None if it shows none of `variants`."""
+    if not view.isascii():
+        return None
+    found = None
+    for variant in variants:  # every candidate compared in constant time, none skipped
+        if hmac.compare_digest(view_token(key, slug, variant), view):
+            found = variant
+    return found
+
+
+def parse(path: str) -> tuple[str, str] | None:
+    """(`unsubscribe` | `preferences` | `issue` | `confirm`, the value) for a link's path."""
+    match = PATH_RE.match(path)
+    if match is None:
+        return None
+    kind = next(name for name, prefix in PATHS.items() if prefix == match.group(1))
+    return kind, match.group(2)
