@@ -209,6 +209,7 @@ def test_forget_makes_the_key_file_beside_the_settings(run, monkeypatch, tmp_pat
     shutil.copy(ROOT / "newsletter.toml", tmp_path / "newsletter.toml")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'subscribers.db'}")
+    monkeypatch.delenv("NEWSLETTER_SECRET_KEY")  # `run` sets one for every other test
     assert run("subscribers", "add", "ana@example.com").code == 0
     assert not (tmp_path / "newsletter.key").exists()
     assert run("subscribers", "forget", "ana@example.com", "--yes").code == 0
