@@ -24,6 +24,7 @@ PATHS = {"unsubscribe": "u", "preferences": "p", "issue": "issues", "confirm": "
 PATH_RE = re.compile(r"^/(u|p|issues|confirm)/([A-Za-z0-9._~-]{1,200})/?$")
 VIEW_PURPOSE = b"newsletter-view\x00"  # keeps these HMACs apart from any other use of the key
 VIEW_BYTES = 16  # 128 bits: unguessable, and short in a link
+SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")  # what quote() leaves alone: reader tokens are this
 
 
 class Links:
@@ -35,35 +36,41 @@ class Links:
         self._views: dict[tuple[str, str], str] = {}
 
     def unsubscribe(self, token: str) -> str:
-        return f"{self.base}/u/{quote(token, safe='')}"
+        return f"{self.base}/u/{_segment(token)}"
 
     def preferences(self, token: str) -> str:
-        return f"{self.base}/p/{quote(token, safe='')}"
+        return f"{self.base}/p/{_segment(token)}"
 
     def issue(self, slug: str, view: str | None = None) -> str:
-        url = f"{self.base}/issues/{quote(slug, safe='')}"
+        url = f"{self.base}/issues/{_segment(slug)}"
         return f"{url}?v={view}" if view else url
 
     def confirm(self, signed: str) -> str:
-        return f"{self.base}/confirm/{quote(signed, safe='')}"
+        return f"{self.base}/confirm/{_segment(signed)}"
 
     def view(self, slug: str, variant: str) -> str | None:
         """The token that shows `variant` of issue `slug` (None without a key: the whole issue)."""
-        if self.key is None:
-            return None
-        if (slug, variant) not in self._views:
-            self._views[slug, variant] = view_token(self.key, slug, variant)
-        return self._views[slug, variant]
+        return view_token(self.key, slug, variant) if self.key is not None else None
 
     def for_reader(self, slug: str, token: str, variant: str) -> dict[str, str]:
         """The values of an email's link placeholders for one reader (see render.PLACEHOLDERS)."""
-        return {"unsubscribe_url": self.unsubscribe(token), "preferences_url": self.preferences(token),
-                "browser_url": self.issue(slug, self.view(slug, variant))}
+        # Once per reader of a send: the browser link is the same for a whole variant.
+        browser = self._views.get((slug, variant))
+        if browser is None:
+            browser = self._views[slug, variant] = self.issue(slug, self.view(slug, variant))
+        segment = _segment(token)
+        return {"unsubscribe_url": f"{self.base}/u/{segment}", "preferences_url": f"{self.base}/p/{segment}",
+                "browser_url": browser}
 
     def for_preview(self, slug: str) -> dict[str, str]:
         """Sample links for previews and test copies: they belong to no reader."""
         return {"unsubscribe_url": f"{self.base}/u/preview", "preferences_url": f"{self.base}/p/preview",
                 "browser_url": self.issue(slug)}
+
+
+def _segment(value: str) -> str:
+    """`value` as one path segment of a URL."""
+    return value if SAFE_SEGMENT.fullmatch(value) else quote(value, safe="")
 
 
 def view_token(key: bytes, slug: str, variant: str) -> str:

@@ -243,11 +243,19 @@ class Personal:
         self.html = html
 
     def fill(self, values: dict[str, str]) -> str:
-        if self.html:  # links land in href="...": never let a value end the attribute
-            values = {name: html_lib.escape(value, quote=True) for name, value in values.items()}
         parts = self.parts.copy()
-        parts[1::2] = [values[name] for name in self.names]
+        if self.html:  # links land in href="...": never let a value end the attribute
+            parts[1::2] = [_attribute(values[name]) for name in self.names]
+        else:
+            parts[1::2] = [values[name] for name in self.names]
         return "".join(parts)
+
+
+def _attribute(value: str) -> str:
+    """`value` escaped for an HTML attribute; links almost never need it, so look first."""
+    if "&" in value or '"' in value or "<" in value or ">" in value or "'" in value:
+        return html_lib.escape(value, quote=True)
+    return value
 
 
 def personalize(text: str, links: dict[str, str], *, html: bool = False) -> str:
