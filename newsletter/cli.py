@@ -16,7 +16,7 @@ from . import preview as preview_mod
 from .config import Settings, load_settings
 from .digest import load_digest
 from .errors import DigestError, ExitCode, NewsletterError
-from .render import SIZE_WARNING, Renderer
+from .render import Renderer, size_warnings
 from .send import possible_variants, prepare
 from .subscribers import Subscribers
 
@@ -110,9 +110,8 @@ def check(app: App, files: tuple[str, ...]) -> None:
             click.secho(f"error: {e}", fg="red", err=True)
             continue
         for key, variant in variants.items():
-            if variant.size > SIZE_WARNING:
-                echo_warning(f"{file}: variant {key}: the HTML is {variant.size / 1024:.0f} KB; Gmail "
-                             "clips messages above about 102 KB")
+            for warning in size_warnings(variant.size):
+                echo_warning(f"{file}: variant {key}: {warning}")
         stories = [s for s in digest.stories if s.kind == "story"]
         roundups = sum(len(s.entries) for s in digest.stories if s.kind == "roundups")
         click.echo(f"ok: {file}: {plural(len(stories), 'story', 'stories')}, "

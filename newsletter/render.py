@@ -85,9 +85,14 @@ class Email:
         return len(self.html.encode("utf-8"))
 
     def warnings(self) -> list[str]:
-        if self.size > SIZE_WARNING:
-            return [f"the HTML is {self.size / 1024:.0f} KB; Gmail clips messages above about 102 KB"]
-        return []
+        return size_warnings(self.size)
+
+
+def size_warnings(size: int) -> list[str]:
+    """What to say about an email of `size` bytes of HTML."""
+    if size > SIZE_WARNING:
+        return [f"the HTML is {size / 1024:.0f} KB; Gmail clips messages above about 102 KB"]
+    return []
 
 
 def select(digest: Digest, categories: Iterable[str] | None = None) -> Variant:
