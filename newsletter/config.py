@@ -61,6 +61,11 @@ class Settings:
     smtp_security: str = "starttls"  # starttls | ssl | none
     smtp_username: str | None = None  # the password only from $NEWSLETTER_SMTP_PASSWORD
     secret_key_file: Path = Path(KEY_FILENAME)  # unless $NEWSLETTER_SECRET_KEY is set
+    # The reader web app (`newsletter serve`)
+    proxy_hops: int = 0  # reverse proxies in front that set X-Forwarded-*: 0 = trust none
+    confirm_hours: int = 48  # how long a signup's confirmation link works
+    signups_per_ip_hour: int = 5  # signup requests one IP address may make per hour
+    confirmations_per_day: int = 3  # confirmation emails one address may be sent per day
     config_path: Path | None = field(default=None, compare=False)
 
     def category(self, slug: str) -> Category | None:
@@ -97,6 +102,10 @@ KEYS: dict[str, tuple[str, str]] = {
     "smtp_security": ("NEWSLETTER_SMTP_SECURITY", "choice:starttls,ssl,none"),
     "smtp_username": ("NEWSLETTER_SMTP_USERNAME", "text"),
     "secret_key_file": ("NEWSLETTER_SECRET_KEY_FILE", "path"),
+    "proxy_hops": ("NEWSLETTER_PROXY_HOPS", "count:0,10"),
+    "confirm_hours": ("NEWSLETTER_CONFIRM_HOURS", "count:1,720"),
+    "signups_per_ip_hour": ("NEWSLETTER_SIGNUPS_PER_IP_HOUR", "count:1,100000"),
+    "confirmations_per_day": ("NEWSLETTER_CONFIRMATIONS_PER_DAY", "count:1,100"),
 }
 REQUIRED = ("name", "sender", "base_url", "postal_address")
 PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out", "outbox_dir": "outbox",

@@ -29,7 +29,7 @@ from email_validator.rfc_constants import DOT_ATOM_TEXT
 from sqlalchemy.engine import Connection, Engine
 
 from .config import UNSAFE_CHARACTERS, Category, Settings, load_secret_key
-from .errors import ConfigError, SubscriberError
+from .errors import ConfigError, StoreError, SubscriberError
 from .store import (categories, deliveries, events, open_engine, reader_categories, readers,
                     suppressions, utcnow)
 
@@ -149,8 +149,12 @@ def new_reader_row(email: str, *, name: str | None, status: Status, consent: Con
     consented = consent.at or now
     return {"email": email, "name": clean_name(name), "token": new_token(), "created_at": now,
             "confirmed_at": None, "unsubscribed_at": None,
-            **_status_columns(status, now, confirmed_at=consented),
-            "consent_at": consented, "consent_method": consent.method.value,
+            **_status_columns(status, now, confirmed_at=consented), **consent_columns(consent, now)}
+
+
+def consent_columns(consent: Consent, now: dt.datetime) -> dict:
+    """The consent record a reader's row keeps: when, how, from where."""
+    return {"consent_at": consent.at or now, "consent_method": consent.method.value,
             "consent_ip": normalize_ip(consent.ip),
             "consent_source": consent.source[:300] if consent.source else None}
 
@@ -279,6 +283,14 @@ class Subscribers:
     def close(self) -> None:
         self.engine.dispose()
 
+    def ping(self) -> None:
+        """Raise StoreError unless the database answers."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError as e:
+            raise StoreError(f"database: {str(getattr(e, 'orig', e)).strip().splitlines()[0]}") from e
+
     def sync_categories(self, known: Iterable[Category]) -> None:
         """Make the categories table match the settings (slugs are never deleted: readers keep them)."""
         known = list(known)
@@ -362,8 +374,10 @@ class Subscribers:
             return self.require(address, conn)
 
     def change_status(self, email: str, new: Status, *, reason: str | None = None,
+                      ip: str | None = None, consent: Consent | None = None,
                       conn: Connection | None = None) -> Reader:
-        """Move a reader to `new`; refuses transitions TRANSITIONS does not allow."""
+        """Move a reader to `new`; refuses transitions TRANSITIONS does not allow. `consent`, for
+        a reader who comes back, replaces the consent record; `ip` is written to the event."""
         with self._begin(conn) as c:
             reader = self.require(email, c)
             if reader.status == new:
@@ -372,11 +386,15 @@ class Subscribers:
                 values = transition(reader.status, new, utcnow())
             except SubscriberError as e:
                 raise SubscriberError(f"{reader.email} {e}") from None
+            if consent is not None:
+                values |= consent_columns(consent, values["status_changed_at"])
             c.execute(sa.update(readers).where(readers.c.id == reader.id).values(**values))
-            log_event(c, reader.id, "status", old=reader.status.value, new=new.value, reason=reason)
+            log_event(c, reader.id, "status", old=reader.status.value, new=new.value, reason=reason,
+                      ip=normalize_ip(ip))
             return self.require(reader.email, c)
 
-    def set_categories(self, email: str, slugs: Iterable[str]) -> Reader:
+    def set_categories(self, email: str, slugs: Iterable[str], *, ip: str | None = None,
+                       reason: str | None = None) -> Reader:
         slugs = self.check_categories(slugs)
         with self.engine.begin() as conn:
             reader = self.require(email, conn)
@@ -384,8 +402,17 @@ class Subscribers:
             if slugs:
                 conn.execute(sa.insert(reader_categories),
                              [{"reader_id": reader.id, "category": s} for s in slugs])
-            log_event(conn, reader.id, "categories", old=list(reader.categories), new=list(slugs))
+            log_event(conn, reader.id, "categories", old=list(reader.categories), new=list(slugs),
+                      reason=reason, ip=normalize_ip(ip))
             return self.require(reader.email, conn)
+
+    def last_status_event(self, reader_id: int) -> dict | None:
+        """The detail of the reader's latest status change (old, new, reason, ip), if any."""
+        with self.engine.connect() as conn:
+            detail = conn.execute(sa.select(events.c.detail).where(
+                events.c.reader_id == reader_id, events.c.kind == "status")
+                .order_by(events.c.id.desc()).limit(1)).scalar()
+        return json.loads(detail) if detail else None
 
     def rotate_token(self, email: str) -> Reader:
         """A new secret for the reader's links; the old links stop working."""
@@ -396,9 +423,15 @@ class Subscribers:
             return self.require(reader.email, conn)
 
     def by_token(self, token: str) -> Reader | None:
+        """The reader whose link secret is `token`: found by index, then compared in constant time."""
+        if not token or len(token) > 64 or not token.isascii():
+            return None
         with self.engine.connect() as conn:
-            email = conn.execute(sa.select(readers.c.email).where(readers.c.token == token)).scalar()
-            return self.get(email, conn) if email else None
+            row = conn.execute(sa.select(readers.c.email, readers.c.token)
+                               .where(readers.c.token == token)).first()
+            if row is None or not hmac.compare_digest(row.token.encode(), token.encode()):
+                return None
+            return self.get(row.email, conn)
 
     def forget(self, email: str) -> None:
         """Erase the reader (GDPR): the row, its events and the copies of its address and token on

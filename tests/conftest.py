@@ -129,3 +129,32 @@ def fake_resend(monkeypatch):
     monkeypatch.setenv("RESEND_API_URL", server.url)
     yield server
     server.stop()
+
+
+# -- the reader web app ------------------------------------------------------------------------
+
+@dataclass
+class Web:
+    app: object
+    client: object
+    subs: object
+    settings: object
+
+
+@pytest.fixture
+def web(subs, session_settings, tmp_path):
+    """The reader app on a fresh database (SQLite and PostgreSQL), with Flask's test client."""
+    from newsletter.web import create_app
+
+    settings = session_settings.with_overrides(outbox_dir=tmp_path / "outbox", output_dir=tmp_path / "out")
+    app = create_app(settings, subscribers=subs, key=TEST_KEY.encode())
+    return Web(app, app.test_client(), subs, settings)
+
+
+def form_value(html: str, name: str) -> str:
+    """The value of the hidden field `name` in a page (the first one)."""
+    import re
+
+    match = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert match, f"no field {name} in the page"
+    return match.group(1)
