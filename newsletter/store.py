@@ -144,6 +144,44 @@ class DeliveryRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class SignupRow(Base):
+    """A signup through the form, awaiting its confirmation link (double opt-in): the consent it
+    records is copied to the reader when confirmed."""
+
+    __tablename__ = "signups"
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    reader_id: Mapped[int] = mapped_column(sa.ForeignKey("readers.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(sa.String(200))
+    categories: Mapped[str] = mapped_column(sa.String(1000))  # slugs, comma-separated
+    ip: Mapped[str | None] = mapped_column(sa.String(45))
+    source: Mapped[str | None] = mapped_column(sa.String(300))  # the page the form was on
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    emailed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # confirmation email sent
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class RateLimitRow(Base):
+    """Requests counted per key (a hashed IP or address) and time window, shared by every
+    server process."""
+
+    __tablename__ = "rate_limits"
+    key: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True)
+    count: Mapped[int] = mapped_column(sa.Integer)
+
+
+class IssueRow(Base):
+    """A sent issue as it was sent: the web archive renders it from here, not from the digest file."""
+
+    __tablename__ = "issues"
+    slug: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    title: Mapped[str] = mapped_column(sa.String(998))
+    date: Mapped[str | None] = mapped_column(sa.String(10))  # YYYY-MM-DD
+    source: Mapped[str] = mapped_column(sa.Text)  # the digest file's text
+    digest_sha256: Mapped[str] = mapped_column(sa.String(64))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
 readers = ReaderRow.__table__
 categories = CategoryRow.__table__
 reader_categories = ReaderCategoryRow.__table__
@@ -151,6 +189,9 @@ suppressions = SuppressionRow.__table__
 events = EventRow.__table__
 send_runs = SendRunRow.__table__
 deliveries = DeliveryRow.__table__
+signups = SignupRow.__table__
+rate_limits = RateLimitRow.__table__
+issues = IssueRow.__table__
 
 
 def create_engine(url: str) -> Engine:
