@@ -158,3 +158,58 @@ def form_value(html: str, name: str) -> str:
     match = re.search(rf'name="{name}" value="([^"]*)"', html)
     assert match, f"no field {name} in the page"
     return match.group(1)
+
+
+class Server:
+    """`newsletter serve --port 0` in a process of its own; `url` once it listens."""
+
+    def __init__(self, env: dict, *args: str, deadline: float = 60.0):
+        import queue
+        import re
+        import subprocess
+        import sys
+        import threading
+        import time
+
+        self.process = subprocess.Popen([sys.executable, "-m", "newsletter", "serve", "--port", "0", *args],
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        found: queue.Queue = queue.Queue()
+
+        def read() -> None:
+            for line in self.process.stderr:
+                self.lines.append(line)
+                if match := re.search(r"on (http://127\.0\.0\.1:\d+)", line):
+                    found.put(match.group(1))
+            found.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            self.url = found.get(timeout=deadline)
+        except queue.Empty:
+            self.url = None
+        if self.url is None:
+            self.stop()
+            pytest.fail("newsletter serve did not start: " + "".join(self.lines))
+        self._started = time.monotonic()
+
+    def stop(self) -> int:
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
