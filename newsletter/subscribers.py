@@ -19,7 +19,9 @@ import ipaddress
 import json
 import re
 import secrets
+import threading
 import unicodedata
+import weakref
 from dataclasses import dataclass
 from typing import IO, Callable, Collection, Iterable, Iterator
 
@@ -422,13 +424,35 @@ class Subscribers:
             log_event(conn, reader.id, "token_rotated")
             return self.require(reader.email, conn)
 
+    def unsubscribe_by_token(self, token: str, *, reason: str, ip: str | None = None) -> tuple[int, bool] | None:
+        """Unsubscribe the reader whose link secret is `token`, the short way (RFC 8058 one-click:
+        mailbox providers call it for every "unsubscribe" a reader clicks): (reader id, whether
+        this changed their status), or None for no such reader."""
+        for _ in range(3):  # again only if the status changed between the look-up and the update
+            with self.engine.connect() as conn:
+                row = conn.execute(_BY_TOKEN, {"token": token}).first() if _plausible(token) else None
+            if row is None or not hmac.compare_digest(row.token.encode(), token.encode()):
+                return None
+            old = Status(row.status)
+            if old not in (Status.ACTIVE, Status.PENDING):
+                return row.id, False
+            values = transition(old, Status.UNSUBSCRIBED, utcnow())
+            with self._writing() as conn:
+                changed = conn.execute(sa.update(readers).where(readers.c.id == row.id,
+                                                                readers.c.status == old.value)
+                                       .values(**values)).rowcount
+                if changed:
+                    log_event(conn, row.id, "status", old=old.value, new=Status.UNSUBSCRIBED.value,
+                              reason=reason, ip=normalize_ip(ip))
+                    return row.id, True
+        return row.id, False
+
     def by_token(self, token: str) -> Reader | None:
         """The reader whose link secret is `token`: found by index, then compared in constant time."""
-        if not token or len(token) > 64 or not token.isascii():
+        if not _plausible(token):
             return None
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(readers.c.email, readers.c.token)
-                               .where(readers.c.token == token)).first()
+            row = conn.execute(_BY_TOKEN, {"token": token}).first()
             if row is None or not hmac.compare_digest(row.token.encode(), token.encode()):
                 return None
             return self.get(row.email, conn)
@@ -541,6 +565,36 @@ class Subscribers:
 
     def _begin(self, conn: Connection | None):
         return contextlib.nullcontext(conn) if conn is not None else self.engine.begin()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction. On SQLite, one at a time per process: threads of a web server
+        queue here instead of in SQLite's busy handler, which backs off in sleeps of up to 100 ms."""
+        if self.engine.dialect.name != "sqlite":
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with _sqlite_writer(self.engine), self.engine.begin() as conn:
+            yield conn
+
+
+_BY_TOKEN = sa.select(readers.c.id, readers.c.email, readers.c.token, readers.c.status).where(
+    readers.c.token == sa.bindparam("token"))
+_WRITERS: "weakref.WeakKeyDictionary[Engine, threading.Lock]" = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+def _sqlite_writer(engine: Engine) -> threading.Lock:
+    with _WRITERS_LOCK:
+        lock = _WRITERS.get(engine)
+        if lock is None:
+            lock = _WRITERS[engine] = threading.Lock()
+        return lock
+
+
+def _plausible(token: str) -> bool:
+    """Could this be a reader's token (see new_token)? Anything else needs no database look-up."""
+    return bool(token) and len(token) <= 64 and token.isascii()
 
 
 

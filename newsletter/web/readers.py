@@ -78,10 +78,14 @@ def unsubscribe_page(token: str):
 
 @blueprint.post("/u/<token>")
 def unsubscribe_post(token: str):
-    reader = reader_or_404(token)
     if request.form.get("List-Unsubscribe") == "One-Click":  # RFC 8058: no cookie, no form token
-        unsubscribe(reader, ONE_CLICK)
+        done = context().subscribers.unsubscribe_by_token(token, reason=ONE_CLICK, ip=client_ip())
+        if done is None:
+            abort(404)
+        if done[1]:
+            log.info("reader %d unsubscribed (%s)", done[0], ONE_CLICK)
         return render_template("one_click.html"), 200
+    reader = reader_or_404(token)
     if not csrf_ok("unsubscribe", token):
         abort(400)
     before = reader.status
