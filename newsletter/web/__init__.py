@@ -120,6 +120,7 @@ class Context:
         self.subscribers = subscribers
         self.key = key
         self.links = Links(settings.base_url, key)
+        self.one_click_page: str | None = None
 
 
 def context() -> Context:

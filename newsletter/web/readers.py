@@ -70,6 +70,14 @@ def come_back(reader: Reader, source: str) -> Reader:
     return reader
 
 
+def one_click_page() -> str:
+    """The same for every reader: rendered once (mailbox providers may call it by the thousand)."""
+    ctx = context()
+    if ctx.one_click_page is None:
+        ctx.one_click_page = render_template("one_click.html")
+    return ctx.one_click_page
+
+
 @blueprint.get("/u/<token>")
 def unsubscribe_page(token: str):
     reader = reader_or_404(token)
@@ -84,7 +92,7 @@ def unsubscribe_post(token: str):
             abort(404)
         if done[1]:
             log.info("reader %d unsubscribed (%s)", done[0], ONE_CLICK)
-        return render_template("one_click.html"), 200
+        return one_click_page(), 200
     reader = reader_or_404(token)
     if not csrf_ok("unsubscribe", token):
         abort(400)
