@@ -198,3 +198,16 @@ def test_logs_carry_the_reader_id_never_the_token_or_address(web, ana, caplog):
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert f"reader {ana.id} unsubscribed" in text and f"reader {ana.id} resubscribed" in text
     assert ana.token not in text and "ana.reader" not in text
+
+
+@pytest.mark.parametrize("hops", [0, 1])
+def test_forwarded_headers_count_only_behind_a_configured_proxy(web, ana, hops):
+    from newsletter.web import create_app
+
+    from .conftest import TEST_KEY
+
+    app = create_app(web.settings.with_overrides(proxy_hops=hops), subscribers=web.subs, key=TEST_KEY.encode())
+    app.test_client().post(f"/u/{ana.token}", data={"List-Unsubscribe": "One-Click"},
+                           headers={"X-Forwarded-For": "198.51.100.77"},
+                           environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert status_events(web.subs, ana.id)[-1]["ip"] == ("198.51.100.77" if hops else "127.0.0.1")
