@@ -29,11 +29,13 @@ from markupsafe import Markup
 from ..archive import Archive, SentIssue
 from ..digest import Digest
 from ..errors import DigestError
+from ..links import PATHS
 from ..render import Renderer, select
 from ..send import ALL, categories_of
 from . import context
 
 blueprint = Blueprint("archive", __name__)
+ISSUES = f"/{PATHS['issue']}"  # the link scheme is links.py's
 CACHE = "public, max-age=300"  # a resend with --again shows within five minutes
 FEED_ENTRIES = 20
 ATOM = "http://www.w3.org/2005/Atom"
@@ -68,7 +70,7 @@ def shelf() -> Shelf:
 
 # -- routes ---------------------------------------------------------------------------------------
 
-@blueprint.get("/issues/")
+@blueprint.get(f"{ISSUES}/")
 def index():
     archive, settings = shelf().archive, context().settings
     sent = archive.issues()
@@ -85,7 +87,7 @@ def index():
     return cached(Response(page, status), status == 200)
 
 
-@blueprint.get("/issues/<slug>")
+@blueprint.get(f"{ISSUES}/<slug>")
 def issue(slug: str):
     archive = shelf().archive
     found = archive.issue(slug)
@@ -158,12 +160,12 @@ def atom(newest: list[SentIssue]) -> bytes:
     """The Atom feed (RFC 4287) of `newest`, each entry the whole issue."""
     settings, links = context().settings, context().links
     root = ET.Element("feed", xmlns=ATOM)
-    _text(root, "id", f"{links.base}/issues/")
+    _text(root, "id", f"{links.base}{ISSUES}/")
     _text(root, "title", settings.name)
     updated = max((_updated(i) for i in newest), default=None)
     _text(root, "updated", _stamp(updated or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)))
     ET.SubElement(root, "link", rel="self", type="application/atom+xml", href=f"{links.base}/feed.xml")
-    ET.SubElement(root, "link", rel="alternate", type="text/html", href=f"{links.base}/issues/")
+    ET.SubElement(root, "link", rel="alternate", type="text/html", href=f"{links.base}{ISSUES}/")
     _text(ET.SubElement(root, "author"), "name", settings.name)
     for issue in newest:
         try:
