@@ -19,6 +19,7 @@ Content-Security-Policy allows no `style` attribute, and web.css styles it in li
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import xml.etree.ElementTree as ET
 from functools import cached_property
@@ -34,6 +35,7 @@ from ..render import Renderer, select
 from ..send import ALL, categories_of
 from . import context
 
+log = logging.getLogger("newsletter.web")
 blueprint = Blueprint("archive", __name__)
 ISSUES = f"/{PATHS['issue']}"  # the link scheme is links.py's
 CACHE = "public, max-age=300"  # a resend with --again shows within five minutes
@@ -117,8 +119,8 @@ def readable(issue: SentIssue) -> Digest:
     try:
         return shelf().archive.digest(issue)
     except DigestError as e:
-        current_app.logger.error("issue %s as sent no longer reads with the current settings: %s",
-                                 issue.slug, e.problems[0] if e.problems else e)
+        log.error("issue %s as sent no longer reads with the current settings: %s",
+                  issue.slug, e.problems[0] if e.problems else e)
         abort(500)
 
 
