@@ -214,10 +214,16 @@ def open_run(ledger: Ledger, digest: Digest, subscribers: Subscribers, provider:
     due = due or plan(digest, subscribers, had_it)
     if not due.recipients:
         raise SendError("no active reader is due for this issue (see `newsletter subscribers count`)")
+    from .archive import record_issue  # archive.py reads variants through this module
+
+    source = Path(digest.path).read_bytes()  # read once: the run and the archive hold the same text
     run = ledger.create_run(issue=digest.slug, digest_path=str(digest.path),
-                            digest_sha256=digest_sha256(digest.path),
+                            digest_sha256=hashlib.sha256(source).hexdigest(),
                             settings_sha256=settings_sha256(settings), subject=digest.title,
                             provider=provider, recipients=due.recipients)
+    # After the run exists: of two sends started at once, only the one whose run was created
+    # records its text. The web archive shows the issue once a run of it has finished.
+    record_issue(ledger.engine, digest, source)
     return run, due
 
 
