@@ -19,11 +19,14 @@ from flask import Blueprint, abort, redirect, render_template, request, url_for
 
 from ..errors import SubscriberError
 from ..subscribers import Consent, ConsentMethod, Reader, Status
+from ..links import PATHS
 from . import context
 from .security import client_ip, csrf_ok, masked, signed
 
 log = logging.getLogger("newsletter.web")
 blueprint = Blueprint("readers", __name__)
+UNSUBSCRIBE = f"/{PATHS['unsubscribe']}/<token>"  # the link scheme is links.py's
+PREFERENCES_PATH = f"/{PATHS['preferences']}/<token>"
 
 ONE_CLICK = "one-click unsubscribe"
 PAGE = "unsubscribe page"
@@ -78,13 +81,13 @@ def one_click_page() -> str:
     return ctx.one_click_page
 
 
-@blueprint.get("/u/<token>")
+@blueprint.get(UNSUBSCRIBE)
 def unsubscribe_page(token: str):
     reader = reader_or_404(token)
     return render_template("unsubscribe.html", reader=reader, token=token, address=masked(reader.email))
 
 
-@blueprint.post("/u/<token>")
+@blueprint.post(UNSUBSCRIBE)
 def unsubscribe_post(token: str):
     if request.form.get("List-Unsubscribe") == "One-Click":  # RFC 8058: no cookie, no form token
         done = context().subscribers.unsubscribe_by_token(token, reason=ONE_CLICK, ip=client_ip())
@@ -105,7 +108,7 @@ def unsubscribe_post(token: str):
                            address=masked(reader.email))
 
 
-@blueprint.post("/u/<token>/undo")
+@blueprint.post(UNSUBSCRIBE + "/undo")
 def undo_unsubscribe(token: str):
     reader = reader_or_404(token)
     if not csrf_ok("undo", token):
@@ -118,7 +121,7 @@ def undo_unsubscribe(token: str):
     return redirect(url_for("readers.preferences", token=token), 303)
 
 
-@blueprint.get("/p/<token>")
+@blueprint.get(PREFERENCES_PATH)
 def preferences(token: str):
     reader = reader_or_404(token)
     return preferences_page(reader, token, NOTICES.get(request.args.get("done", "")))
@@ -131,7 +134,7 @@ def preferences_page(reader: Reader, token: str, notice: str | None = None, stat
                            can_return=may_come_back(reader), notice=notice), status
 
 
-@blueprint.post("/p/<token>")
+@blueprint.post(PREFERENCES_PATH)
 def preferences_post(token: str):
     reader = reader_or_404(token)
     if not csrf_ok("preferences", token):
