@@ -182,6 +182,18 @@ def test_our_own_form_records_its_page_as_the_source(web):
     assert [r["source"] for r in rows(web.subs, signups)] == [source, None, "x" * 300]
 
 
+def test_a_form_pasted_into_another_site_works_without_a_cookie_or_form_token(web):
+    fields = {"email": "ana@example.com", "name": "Ana", "scope": "some", "category": ["essays", "ai-news"],
+              "website": "", "source": "https://blog.example.org/about"}
+    answer = web.client.post("/subscribe", data=fields, headers={"Origin": "https://blog.example.org",
+                                                                 "Referer": "https://blog.example.org/"})
+    assert answer.status_code == 200 and b"Check your inbox" in answer.data
+    assert "Set-Cookie" not in answer.headers
+    (signup,) = rows(web.subs, signups)
+    assert (signup["source"], signup["categories"]) == ("https://blog.example.org/about", "essays,ai-news")
+    assert len(outbox(web)) == 1
+
+
 def test_a_get_of_the_confirmation_link_changes_nothing(web):
     sign_up(web, "ana@example.com")
     path = link_in(outbox(web)[0])
