@@ -470,7 +470,7 @@ def test_a_provider_failure_keeps_the_signup_and_the_page(web, tmp_path, caplog)
     assert f"reader {reader.id}: the confirmation email was not sent" in text and "ana@" not in text
 
 
-def test_confirmations_go_through_resend_with_its_short_timeout(web, fake_resend):
+def test_confirmations_go_through_resend_and_its_failure_keeps_the_signup(web, fake_resend):
     settings = web.settings.with_overrides(provider="resend")
     web.app.extensions["signups"] = Signups(web.subs, settings, TEST_KEY.encode())
     sign_up(web, "ana@example.com")
