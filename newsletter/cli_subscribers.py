@@ -197,6 +197,67 @@ def import_(app: App, file: Path, fmt: str, email_column: str | None, map_tags: 
         click.echo(line)
 
 
+class Age(click.ParamType):
+    """A duration written `7d` (days) or `12h` (hours)."""
+
+    name = "age"
+
+    def convert(self, value, param, ctx):
+        import datetime as dt
+        import re
+
+        if isinstance(value, dt.timedelta):
+            return value
+        match = re.fullmatch(r"\s*(\d{1,5})\s*([dh])\s*", str(value).lower())
+        if match is None or int(match.group(1)) == 0:
+            self.fail(f"{value!r} is not an age like 7d or 12h (at least 1h)", param, ctx)
+        unit = "days" if match.group(2) == "d" else "hours"
+        return dt.timedelta(**{unit: int(match.group(1))})
+
+
+def _signups(app: App):
+    from .config import load_secret_key
+    from .signups import Signups
+
+    return Signups(app.subscribers, app.settings, load_secret_key(app.settings))
+
+
+@subscribers.command(name="prune-pending")
+@click.option("--older-than", "older_than", type=Age(), default="7d", show_default=True,
+              help="Remove readers whose every signup is older than this (7d, 48h, ...).")
+@pass_app
+def prune_pending(app: App, older_than) -> None:
+    """Remove pending readers who signed up with the form and never confirmed, with their signups.
+
+    Only readers who are pending and whose every signup is older than --older-than: readers of
+    any other status, and pending readers who never used the form (imported, added), stay."""
+    removed = _signups(app).prune_pending(older_than)
+    click.echo(f"removed {removed} pending reader{'' if removed == 1 else 's'} who never confirmed")
+
+
+@subscribers.command()
+@click.argument("email")
+@pass_app
+def resubscribe(app: App, email: str) -> None:
+    """Send EMAIL the confirmation email, for a reader who asked to come back.
+
+    They become active only by clicking its link (their new consent); an active reader is refused."""
+    from .errors import ProviderError, SubscriberError
+    from .signups import Outcome, where_confirmations_go
+
+    result = _signups(app).resubscribe(email)
+    address = app.subscribers.require(email).email
+    if result.outcome == Outcome.LIMITED:
+        raise SubscriberError(f"{address} was already sent {app.settings.confirmations_per_day} "
+                              "confirmation emails today (confirmations_per_day); try again tomorrow")
+    if result.outcome != Outcome.SENT:
+        raise ProviderError(f"the confirmation email to {address} was not sent: {result.error}")
+    folder = where_confirmations_go(app.settings)
+    where = f" (written to {shown_path(Path(folder))})" if folder else ""
+    click.echo(f"sent a confirmation email to {address}; its link works for "
+               f"{app.settings.confirm_hours} hours{where}")
+
+
 @cli.group()
 def db() -> None:
     """The subscriber database."""

@@ -476,6 +476,19 @@ class Subscribers:
                                                         reason="forgotten", created_at=utcnow()))
             log_event(conn, None, "forgotten")
 
+    def unforget(self, email: str, conn: Connection | None = None) -> bool:
+        """Drop the hash `forget` kept of `email`, once the person has consented anew (a
+        confirmed signup); True if there was one."""
+        address = normalize_email(email)
+        with self._begin(conn) as c:
+            if not self.is_forgotten(address, c):
+                return False
+            hashes = [unkeyed_email_hash(address)]
+            with contextlib.suppress(SubscriberError):  # only unkeyed hashes, and no key: fine
+                hashes.append(email_hash(address, self._key_to_check()))
+            c.execute(sa.delete(suppressions).where(suppressions.c.email_hash.in_(hashes)))
+            return True
+
     # -- many readers ----------------------------------------------------------------------------
 
     def iter_readers(self, status: Status | None = None, category: str | None = None,
