@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import click
 
 from .cli import App, cli, pass_app, shown_path
+from .signups import where_confirmations_go
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -40,17 +42,11 @@ def serve(app: App, host: str, port: int, threads: int) -> None:
     shown_host = f"[{host}]" if ":" in host else host
     click.echo(f"serving {settings.name} on http://{shown_host}:{bound} "
                f"(links in emails point to {settings.base_url})", err=True)
-    outbox = _confirmations_outbox(settings)
+    outbox = where_confirmations_go(settings)
     if outbox:
-        click.echo(f"confirmation emails go to the outbox: {outbox}", err=True)
+        click.echo(f"confirmation emails go to the outbox: {shown_path(Path(outbox))}", err=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # systemd's stop: a clean exit
     try:
         server.run()
     finally:
         server.close()
-
-
-def _confirmations_outbox(settings) -> str | None:
-    if (settings.provider or "outbox") != "outbox":
-        return None
-    return shown_path(settings.outbox_dir)
