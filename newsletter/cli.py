@@ -10,7 +10,6 @@ from functools import cached_property
 from pathlib import Path
 
 import click
-import sqlalchemy.exc
 
 from . import preview as preview_mod
 from .config import Settings, load_settings
@@ -174,12 +173,6 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else ExitCode.ERROR
-    except sqlalchemy.exc.SQLAlchemyError as e:  # the database refused: bad input or a bad setup
-        if _debug:
-            traceback.print_exc()
-        cause = getattr(e, "orig", None) or e
-        click.secho(f"error: database: {_first_line(cause)}", fg="red", err=True)
-        return ExitCode.ERROR
     except OSError as e:  # a file or folder we could not read or write
         if _debug:
             traceback.print_exc()

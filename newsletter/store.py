@@ -1,7 +1,9 @@
 """The database: SQLAlchemy 2 models, the engine, and Alembic migrations applied on first use.
 
-`open_store(url)` gives an engine whose schema is at the newest revision. SQLite (the default,
-`subscribers.db` in the working directory) and PostgreSQL (psycopg 3) are both supported.
+`open_engine(url)` gives an engine whose schema is at the newest revision. SQLite (the default,
+`subscribers.db` in the working directory) and PostgreSQL (psycopg 3) are both supported. Every
+database error leaves here as a StoreError (StoreConflict for a broken unique rule), with the
+driver's error as its cause.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .errors import StoreError
+from .errors import StoreConflict, StoreError
 
 DEFAULT_URL = "sqlite:///subscribers.db"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -154,7 +156,8 @@ deliveries = DeliveryRow.__table__
 
 
 def create_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout."""
+    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout. Every database error
+    it raises is a StoreError (see `_translate`)."""
     for plain in ("postgresql://", "postgres://"):  # psycopg 3 is the driver we ship
         if url.startswith(plain):
             url = "postgresql+psycopg://" + url[len(plain):]
@@ -162,6 +165,7 @@ def create_engine(url: str) -> Engine:
         engine = sa.create_engine(url, future=True)
     except (sa.exc.ArgumentError, ImportError) as e:
         raise StoreError(f"cannot use database URL {_safe_url(url)}: {e}") from None
+    event.listen(engine, "handle_error", _translate)
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
@@ -173,6 +177,22 @@ def create_engine(url: str) -> Engine:
                 cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.close()
     return engine
+
+
+def _translate(context: sa.engine.ExceptionContext) -> None:
+    """Every error the database driver raises becomes a StoreError, its first line the message and
+    the driver's error its cause: the CLI and the web app handle one error tree. Errors that are
+    not the database's (a bad value given to a column: a bug) are left alone."""
+    error = context.sqlalchemy_exception
+    if context.is_pre_ping or not isinstance(error, sa.exc.DBAPIError):
+        return
+    kind = StoreConflict if isinstance(error, sa.exc.IntegrityError) else StoreError
+    raise kind(f"database: {_first_line(context.original_exception)}")
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error or "").strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def insert_many(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
@@ -270,21 +290,22 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision`, keeping every row."""
     from alembic import command
 
-    try:
-        with engine.begin() as connection:
-            command.upgrade(_alembic_config(connection), revision)
-    except sa.exc.OperationalError as e:
-        raise StoreError(f"cannot open database {_safe_url(str(engine.url))}: "
-                         f"{str(e.orig).splitlines()[0]}") from None
+    with engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), revision)
 
 
 def open_engine(url: str = DEFAULT_URL) -> Engine:
     """An engine whose schema is at the newest revision (migrating on first use)."""
     engine = create_engine(url)
     try:
-        if current_revision(engine) != head_revision():
+        try:
+            current = current_revision(engine)
+        except StoreError as e:
+            raise StoreError(f"cannot open database {_safe_url(url)}: "
+                             f"{_first_line(e.__cause__ or e)}") from e.__cause__
+        if current != head_revision():
             upgrade(engine)
-    except sa.exc.OperationalError as e:
-        raise StoreError(f"cannot open database {_safe_url(url)}: "
-                         f"{str(e.orig).splitlines()[0]}") from None
+    except BaseException:
+        engine.dispose()
+        raise
     return engine

@@ -1,12 +1,15 @@
+import datetime as dt
 import hashlib
+import re
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from newsletter.store import Base, create_engine, current_revision, head_revision, open_engine, upgrade
-from newsletter.errors import SubscriberError
+from newsletter.errors import StoreConflict, StoreError, SubscriberError
+from newsletter.store import (Base, categories, create_engine, current_revision, events, head_revision,
+                              open_engine, upgrade)
 from newsletter.subscribers import Consent, ConsentMethod, Status, Subscribers
 
 from .test_subscribers import secret_key  # noqa: F401 (the key comes from the environment)
@@ -65,9 +68,33 @@ def test_upgrade_from_the_first_schema_keeps_every_row(db_url, session_settings)
 
 
 def test_bad_database_url_is_one_line(tmp_path):
-    from newsletter.errors import StoreError
-
     with pytest.raises(StoreError, match="cannot open database"):
         open_engine(f"sqlite:///{tmp_path}/no/such/dir/x.db")
     with pytest.raises(StoreError, match="cannot use database URL"):
         open_engine("nosuchdb://x")
+
+
+# -- database errors are StoreErrors -------------------------------------------------------------
+
+def test_database_errors_are_store_errors(subs, db_url):
+    other = create_engine(db_url)
+    with other.begin() as conn:
+        conn.execute(sa.text("DROP TABLE reader_categories"))
+    with pytest.raises(StoreError) as excinfo:
+        subs.counts()
+    assert re.fullmatch(r'database: (no such table: reader_categories|relation "reader_categories" '
+                        r'does not exist)', str(excinfo.value))
+    driver_error = excinfo.value.__cause__  # what --debug shows
+    assert type(driver_error).__module__.split(".")[0] in ("sqlite3", "psycopg")
+
+    with pytest.raises(StoreConflict, match="^database: .*(UNIQUE|unique)"):
+        with subs.engine.begin() as conn:  # a second category with the same slug
+            conn.execute(sa.insert(categories).values(slug="ai-tech", name="Again"))
+    other.dispose()
+
+
+def test_a_bug_is_not_dressed_as_a_database_error(subs):
+    with pytest.raises(sa.exc.StatementError) as excinfo:  # a naive datetime: our mistake, not the database's
+        with subs.engine.begin() as conn:
+            conn.execute(sa.insert(events).values(kind="x", at=dt.datetime(2026, 1, 1)))
+    assert not isinstance(excinfo.value, StoreError)
