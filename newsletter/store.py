@@ -20,6 +20,7 @@ from .errors import StoreConflict, StoreError
 
 DEFAULT_URL = "sqlite:///subscribers.db"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK = 0x6E65_7773_6C65_7474  # PostgreSQL advisory lock key of the migrations: "newslett"
 
 
 def utcnow() -> dt.datetime:
@@ -287,11 +288,36 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision`, keeping every row."""
-    from alembic import command
+    """Bring the schema to `revision`, keeping every row; one process at a time.
 
-    with engine.begin() as connection:
-        command.upgrade(_alembic_config(connection), revision)
+    Several processes may start at once (`newsletter db upgrade` twice, a CLI command and a
+    service on first use): each waits for the lock, then Alembic reads the revision, so all but
+    the first find the work done. Without the lock two of them would both see an old revision
+    and create the same tables.
+    """
+    from alembic import command
+    from alembic.util import CommandError
+
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        raw = connection.connection.dbapi_connection if sqlite else None
+        previous = raw.isolation_level if sqlite else None
+        try:
+            if sqlite:
+                # pysqlite would BEGIN only before an INSERT (a CREATE TABLE would run on its
+                # own, outside any transaction): turn that off and take the write lock first.
+                raw.isolation_level = None
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            elif connection.dialect.name == "postgresql":
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+            command.upgrade(_alembic_config(connection), revision)
+            connection.commit()
+        except CommandError as e:
+            raise StoreError(f"cannot upgrade database {_safe_url(str(engine.url))}: {e}") from None
+        finally:
+            connection.rollback()  # after a failure: nothing half done stays
+            if sqlite:
+                raw.isolation_level = previous
 
 
 def open_engine(url: str = DEFAULT_URL) -> Engine:

@@ -1,6 +1,10 @@
 import datetime as dt
 import hashlib
+import os
 import re
+import select
+import subprocess
+import sys
 
 import pytest
 import sqlalchemy as sa
@@ -12,6 +16,7 @@ from newsletter.store import (Base, categories, create_engine, current_revision,
                               open_engine, upgrade)
 from newsletter.subscribers import Consent, ConsentMethod, Status, Subscribers
 
+from .conftest import ROOT
 from .test_subscribers import secret_key  # noqa: F401 (the key comes from the environment)
 
 
@@ -98,3 +103,58 @@ def test_a_bug_is_not_dressed_as_a_database_error(subs):
         with subs.engine.begin() as conn:
             conn.execute(sa.insert(events).values(kind="x", at=dt.datetime(2026, 1, 1)))
     assert not isinstance(excinfo.value, StoreError)
+
+
+# -- migrations from several processes at once -----------------------------------------------------
+
+RACER = """
+import os, select, sys
+
+ready, go, how, url, config = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]
+if how == "cli":
+    from newsletter.cli import main
+else:
+    from newsletter.store import open_engine
+
+os.write(ready, b"r")
+if not select.select([go], [], [], 60)[0]:  # released together: when the test closes the pipe
+    sys.exit("never released")
+if how == "cli":
+    sys.exit(main(["--config", config, "db", "upgrade"]))
+open_engine(url).dispose()  # what every command does on first use
+"""
+
+
+def test_migrations_from_several_processes_at_once_leave_one_schema(db_url, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env |= {"PYTHONPATH": str(ROOT), "NEWSLETTER_DATABASE_URL": db_url}
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    racers = [subprocess.Popen(
+        [sys.executable, "-c", RACER, str(ready_w), str(go_r), "cli" if n % 2 else "library", db_url,
+         ROOT / "newsletter.toml"], cwd=tmp_path, env=env, pass_fds=(ready_w, go_r),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(6)]
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        got = b""  # a byte from each process once it is ready, with a deadline
+        while len(got) < 6 and select.select([ready_r], [], [], 60)[0]:
+            got += os.read(ready_r, 6) or b"(a process ended)"
+        assert got == b"r" * 6, [r.communicate(timeout=60) for r in racers]
+        os.close(go_w)  # go
+        go_w = None
+        results = [(*r.communicate(timeout=120), r.returncode) for r in racers]
+    finally:
+        for racer in racers:
+            racer.kill()
+        os.close(ready_r)
+        if go_w is not None:  # the test failed before the release
+            os.close(go_w)
+    assert [code for _, _, code in results] == [0] * 6, results
+
+    engine = create_engine(db_url)
+    assert current_revision(engine) == head_revision()
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 1
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    engine.dispose()
