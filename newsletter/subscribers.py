@@ -263,18 +263,25 @@ class Subscribers:
         self._secret_key = functools.partial(load_secret_key, None) if secret_key is None else secret_key
 
     @classmethod
-    def open(cls, url: str, known: Iterable[Category] = (),
-             secret_key: SecretKey | None = None) -> "Subscribers":
-        """Readers at `url`. Without `secret_key`: $NEWSLETTER_SECRET_KEY, or ./newsletter.key."""
-        subscribers = cls(open_engine(url), secret_key)
-        subscribers.sync_categories(known)
+    def open(cls, url: str, known: Iterable[Category] = (), secret_key: SecretKey | None = None, *,
+             migrate: bool = True, create: bool = True) -> "Subscribers":
+        """Readers at `url`. Without `secret_key`: $NEWSLETTER_SECRET_KEY, or ./newsletter.key.
+        `migrate` and `create` as in `store.open_engine` (a server passes both false)."""
+        engine = open_engine(url, migrate=migrate, create=create)
+        subscribers = cls(engine, secret_key)
+        try:
+            subscribers.sync_categories(known)
+        except BaseException:
+            engine.dispose()
+            raise
         return subscribers
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Subscribers":
+    def from_settings(cls, settings: Settings, *, migrate: bool = True,
+                      create: bool = True) -> "Subscribers":
         """Readers in the settings' database, with the settings' secret key."""
         return cls.open(settings.database_url, settings.categories,
-                        functools.partial(load_secret_key, settings))
+                        functools.partial(load_secret_key, settings), migrate=migrate, create=create)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -79,6 +79,77 @@ def test_bad_database_url_is_one_line(tmp_path):
         open_engine("nosuchdb://x")
 
 
+# -- opening without migrating, or without creating (a server) -------------------------------------
+
+def shown_url(url):
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def test_a_server_never_migrates(db_url, settings):
+    engine = create_engine(db_url)
+    engine.connect().close()  # the database exists, with no schema
+    with pytest.raises(StoreError) as excinfo:
+        open_engine(db_url, migrate=False)
+    assert str(excinfo.value) == (f"database {shown_url(db_url)} has no schema yet: "
+                                  "run `newsletter db upgrade`")
+    assert current_revision(engine) is None
+
+    upgrade(engine, "0004")
+    with pytest.raises(StoreError) as excinfo:
+        Subscribers.from_settings(settings.with_overrides(database_url=db_url), migrate=False, create=False)
+    assert str(excinfo.value) == (f"database {shown_url(db_url)} is at revision 0004, this version needs "
+                                  f"{head_revision()}: run `newsletter db upgrade`")
+    assert current_revision(engine) == "0004"  # untouched
+
+    open_engine(db_url).dispose()  # what `newsletter db upgrade` does
+    server = settings.with_overrides(database_url=db_url)
+    subs = Subscribers.from_settings(server, migrate=False, create=False)
+    assert current_revision(subs.engine) == head_revision()
+    subs.close()
+    engine.dispose()
+
+
+@pytest.mark.parametrize("migrate", [True, False])
+def test_a_database_newer_than_the_code_is_refused(db_url, migrate):
+    engine = open_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099_future'"))
+    with pytest.raises(StoreError) as excinfo:
+        open_engine(db_url, migrate=migrate)
+    assert str(excinfo.value).startswith(f"database {shown_url(db_url)} is at revision 0099_future, which "
+                                         "this version of newsletter does not know")
+    assert current_revision(engine) == "0099_future"
+    engine.dispose()
+
+
+def test_a_missing_sqlite_file_is_never_created(tmp_path, monkeypatch, settings):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "subscribers.db"
+    missing = (f"database file {path} does not exist (run `newsletter db upgrade` to create it, "
+               "or check database_url)")
+    for url in (f"sqlite:///{path}", "sqlite:///subscribers.db"):
+        with pytest.raises(StoreError) as excinfo:
+            open_engine(url, create=False)
+        assert str(excinfo.value) == missing
+        with pytest.raises(StoreError) as excinfo:
+            Subscribers.from_settings(settings.with_overrides(database_url=url), migrate=False, create=False)
+        assert str(excinfo.value) == missing
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_database_file_removed_under_a_server_is_not_created_again(tmp_path):
+    url = f"sqlite:///{tmp_path / 'subscribers.db'}"
+    open_engine(url).dispose()
+    engine = open_engine(url, migrate=False, create=False)
+    engine.dispose()  # the pool's connections closed: the next query opens the file again
+    for name in ("subscribers.db", "subscribers.db-wal", "subscribers.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    with pytest.raises(StoreError, match="^database: unable to open database file$"):
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- database errors are StoreErrors -------------------------------------------------------------
 
 def test_database_errors_are_store_errors(subs, db_url):
