@@ -2,8 +2,8 @@
 
 `open_engine(url)` gives an engine whose schema is at the newest revision: the CLI migrates on first
 use and creates a missing SQLite file; a server passes `migrate=False, create=False` and gets a
-StoreError naming `newsletter db upgrade` instead. SQLite (the default, `subscribers.db` in
-the working directory) and PostgreSQL (psycopg 3) are both supported. Every database error leaves here as
+StoreError naming `newsletter db upgrade` instead. SQLite (the default, `subscribers.db` beside
+newsletter.toml) and PostgreSQL (psycopg 3) are both supported. Every database error leaves here as
 a StoreError (StoreConflict for a broken unique rule), with the driver's error as its cause.
 """
 

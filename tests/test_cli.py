@@ -153,3 +153,24 @@ def test_preview_serve_from_the_command_line(tmp_path):
         process.wait(timeout=10)
     assert process.returncode == 0
     assert "Traceback" not in process.stderr.read()
+
+
+# -- the database: where it is ---------------------------------------------------------------------
+
+def test_the_database_is_beside_the_settings_file(run, monkeypatch, tmp_path):
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    site.mkdir()
+    elsewhere.mkdir()
+    settings = (ROOT / "newsletter.toml").read_text()
+    (site / "newsletter.toml").write_text(settings)  # database_url not set: the default
+    monkeypatch.chdir(elsewhere)
+    assert run("--config", site / "newsletter.toml", "subscribers", "add", "a@example.com").code == 0
+    assert (site / "subscribers.db").exists()
+    (site / "newsletter.toml").write_text(f'database_url = "sqlite:///data/readers.db?timeout=20"\n{settings}')
+    (site / "data").mkdir()
+    assert run("--config", site / "newsletter.toml", "subscribers", "add", "b@example.com").code == 0
+    assert (site / "data" / "readers.db").exists()
+    assert list(elsewhere.iterdir()) == []
+    monkeypatch.chdir(site / "data")  # the same list, from any folder
+    listed = run("--config", "../newsletter.toml", "subscribers", "list").out
+    assert "b@example.com" in listed and "a@example.com" not in listed
