@@ -27,14 +27,24 @@ class App:
 
     def __init__(self, config: str | None):
         self.config = config
+        self._subscribers: Subscribers | None = None
 
     @cached_property
     def settings(self) -> Settings:
         return load_settings(self.config)
 
-    @cached_property
+    @property
     def subscribers(self) -> Subscribers:
-        return Subscribers.from_settings(self.settings)
+        """The readers, for commands that read or send to them: a missing database is an error
+        naming the file, never a new empty list."""
+        return self.open_subscribers(create=False)
+
+    def open_subscribers(self, *, create: bool) -> Subscribers:
+        """The readers, opened once per command. `create`, for the commands that may add the first
+        ones: a missing SQLite database is created."""
+        if self._subscribers is None:
+            self._subscribers = Subscribers.from_settings(self.settings, create=create)
+        return self._subscribers
 
 
 pass_app = click.make_pass_decorator(App)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import sqlalchemy as sa
 
-from newsletter.store import readers, utcnow
+from newsletter.store import open_engine, readers, utcnow
 from newsletter.subscribers import Consent, ConsentMethod, Status, Subscribers, new_reader_row, spreadsheet_safe
 
 from .conftest import PG_URL, ROOT
@@ -17,6 +17,8 @@ from .test_subscribers import KEY
 
 @pytest.fixture
 def cli(run, monkeypatch, db_url):
+    """The CLI on a list that exists and is empty."""
+    open_engine(db_url).dispose()
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", db_url)
     monkeypatch.setenv("NEWSLETTER_SECRET_KEY", KEY)  # `run` cleared it; no key file in the repository
     return run
