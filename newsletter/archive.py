@@ -14,7 +14,6 @@ new text, which the archive then shows.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -23,7 +22,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generic, Hashable, Iterator, TypeVar
+from typing import Callable, Generic, Hashable, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -152,17 +151,15 @@ class Archive:
 
     def issues(self) -> list[SentIssue]:
         """Every sent issue, newest first: by date, then by when it last went out."""
-        with _reading():
-            with self.engine.connect() as conn:
-                rows = conn.execute(self._query(with_source=False)).all()
+        with self.engine.connect() as conn:
+            rows = conn.execute(self._query(with_source=False)).all()
         found = [_issue(row) for row in rows]
         return sorted(found, key=lambda i: (i.day, i.last_sent, i.slug), reverse=True)
 
     def issue(self, slug: str) -> SentIssue | None:
         """The sent issue `slug`, with its text; None if it was never sent (or is not sent yet)."""
-        with _reading():
-            with self.engine.connect() as conn:
-                row = conn.execute(self._query(with_source=True).where(issues.c.slug == slug)).first()
+        with self.engine.connect() as conn:
+            row = conn.execute(self._query(with_source=True).where(issues.c.slug == slug)).first()
         return _issue(row) if row is not None else None
 
     def digest(self, issue: SentIssue) -> Digest:
@@ -201,11 +198,10 @@ class Archive:
 
     def sent_variants(self, slug: str) -> list[str]:
         """The variants of every run of `slug`, cancelled ones included (they reached readers too)."""
-        with _reading():
-            runs = self.ledger.runs(slug)
-            seen: dict[str, None] = {}
-            for run in runs:  # a run's deliveries are written once, when it opens: cache them
-                seen |= dict.fromkeys(self.run_variants.get(run.id, lambda: tuple(self.ledger.variants(run.id))))
+        runs = self.ledger.runs(slug)
+        seen: dict[str, None] = {}
+        for run in runs:  # a run's deliveries are written once, when it opens: cache them
+            seen |= dict.fromkeys(self.run_variants.get(run.id, lambda: tuple(self.ledger.variants(run.id))))
         return list(seen)
 
     def _query(self, *, with_source: bool):
@@ -221,10 +217,9 @@ class Archive:
         return sa.select(*columns).join(finished, finished.c.issue == issues.c.slug)
 
     def _source(self, issue: SentIssue) -> str:
-        with _reading():
-            with self.engine.connect() as conn:
-                text = conn.execute(sa.select(issues.c.source).where(
-                    issues.c.slug == issue.slug, issues.c.digest_sha256 == issue.digest_sha256)).scalar()
+        with self.engine.connect() as conn:
+            text = conn.execute(sa.select(issues.c.source).where(
+                issues.c.slug == issue.slug, issues.c.digest_sha256 == issue.digest_sha256)).scalar()
         if text is None:  # recorded again since the list was read: the caller reads it anew
             raise StoreError(f"issue {issue.slug} changed while it was read")
         return text
@@ -249,12 +244,3 @@ def _utc(value: dt.datetime | str) -> dt.datetime:
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value)
     return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
-
-
-@contextlib.contextmanager
-def _reading() -> Iterator[None]:
-    """Database failures as StoreError, which the web app answers with its 503 page."""
-    try:
-        yield
-    except sa.exc.SQLAlchemyError as e:
-        raise StoreError(f"database: {str(getattr(e, 'orig', e)).strip().splitlines()[0]}") from e

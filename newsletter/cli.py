@@ -10,7 +10,6 @@ from functools import cached_property
 from pathlib import Path
 
 import click
-import sqlalchemy.exc
 
 from . import preview as preview_mod
 from .config import Settings, load_settings
@@ -28,14 +27,24 @@ class App:
 
     def __init__(self, config: str | None):
         self.config = config
+        self._subscribers: Subscribers | None = None
 
     @cached_property
     def settings(self) -> Settings:
         return load_settings(self.config)
 
-    @cached_property
+    @property
     def subscribers(self) -> Subscribers:
-        return Subscribers.from_settings(self.settings)
+        """The readers, for commands that read or send to them: a missing database is an error
+        naming the file, never a new empty list."""
+        return self.open_subscribers(create=False)
+
+    def open_subscribers(self, *, create: bool) -> Subscribers:
+        """The readers, opened once per command. `create`, for the commands that may add the first
+        ones: a missing SQLite database is created."""
+        if self._subscribers is None:
+            self._subscribers = Subscribers.from_settings(self.settings, create=create)
+        return self._subscribers
 
 
 pass_app = click.make_pass_decorator(App)
@@ -174,12 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else ExitCode.ERROR
-    except sqlalchemy.exc.SQLAlchemyError as e:  # the database refused: bad input or a bad setup
-        if _debug:
-            traceback.print_exc()
-        cause = getattr(e, "orig", None) or e
-        click.secho(f"error: database: {_first_line(cause)}", fg="red", err=True)
-        return ExitCode.ERROR
     except OSError as e:  # a file or folder we could not read or write
         if _debug:
             traceback.print_exc()

@@ -46,8 +46,9 @@ def subscribers() -> None:
 @pass_app
 def add(app: App, email: str, name: str | None, categories: str | None) -> None:
     """Add EMAIL as an active reader (consent recorded as given through the CLI)."""
-    reader = app.subscribers.add(email, name=name, categories=split_slugs(categories),
-                                 consent=Consent(ConsentMethod.CLI))
+    store = app.open_subscribers(create=True)  # the first reader may start the list
+    reader = store.add(email, name=name, categories=split_slugs(categories),
+                       consent=Consent(ConsentMethod.CLI))
     click.echo(f"added {reader.email} ({reader.status.value}; "
                f"{', '.join(reader.categories) or 'no categories: gets every story'})")
 
@@ -188,7 +189,7 @@ def import_(app: App, file: Path, fmt: str, email_column: str | None, map_tags: 
             # Nothing to compare with, and a dry run must not create the database: an empty one in memory.
             store = Subscribers.open("sqlite://", app.settings.categories)
         else:
-            store = app.subscribers
+            store = app.open_subscribers(create=True)
         summary = import_csv(store, file, fmt=None if fmt == "auto" else fmt,
                              email_column=email_column, map_tags=mapping,
                              categories=split_slugs(categories), dry_run=dry_run,
@@ -266,6 +267,8 @@ def db() -> None:
 @db.command(name="upgrade")
 @pass_app
 def db_upgrade(app: App) -> None:
-    """Apply the schema migrations (also done automatically on first use)."""
+    """Create the database if there is none and apply the schema migrations (also done
+    automatically on first use); safe to run from several processes at once."""
     engine = open_engine(app.settings.database_url)
     click.echo(f"database at revision {current_revision(engine)} (newest: {head_revision()})")
+    engine.dispose()

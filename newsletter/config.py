@@ -15,7 +15,7 @@ from email.headerregistry import HeaderRegistry
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from .errors import ConfigError
 
@@ -49,7 +49,9 @@ class Settings:
     digests_dir: Path = Path("digests")
     output_dir: Path = Path("out")
     templates_dir: Path | None = None  # None: the templates shipped with newsletter
-    database_url: str = "sqlite:///subscribers.db"  # relative to the working directory
+    # A relative SQLite path: load_settings makes it one beside newsletter.toml (from the file or
+    # by default) or in the working directory (from $NEWSLETTER_DATABASE_URL).
+    database_url: str = "sqlite:///subscribers.db"
     provider: str | None = None  # None: the outbox, and the CLI says so
     outbox_dir: Path = Path("outbox")
     send_rate: float = 2.0  # provider requests per second (Resend allows 2 to 5 per team)
@@ -110,6 +112,9 @@ KEYS: dict[str, tuple[str, str]] = {
 REQUIRED = ("name", "sender", "base_url", "postal_address")
 PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out", "outbox_dir": "outbox",
                  "secret_key_file": KEY_FILENAME}  # beside newsletter.toml
+DEFAULT_DATABASE_URL = "sqlite:///subscribers.db"  # beside newsletter.toml too
+# An SQLite URL with a relative path: driver prefix, path (or file: URI), query.
+RELATIVE_SQLITE_URL = re.compile(r"^(sqlite(?:\+\w+)?:///)(?!/)([^?]+)(\?.*)?$")
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +142,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
 
     for key, default in PATH_DEFAULTS.items():
         values.setdefault(key, base_dir / default)
+    values.setdefault("database_url", _sqlite_relative_to(DEFAULT_DATABASE_URL, base_dir))
     missing = [k for k in REQUIRED if not values.get(k)]
     if missing:
         key = missing[0]
@@ -182,7 +188,7 @@ def _parse(key: str, value: Any, source: Path | str, base_dir: Path) -> Any:
     if kind == "url":
         return _parse_url(value, bad)
     if kind == "database":
-        return _parse_database_url(value, source, bad)
+        return _sqlite_relative_to(_parse_database_url(value, source, bad), base_dir)
     if kind.startswith("choice:"):
         choices = kind.split(":", 1)[1].split(",")
         if value not in choices:
@@ -219,6 +225,22 @@ def _parse_database_url(value: str, source: Path | str, bad) -> str:
         raise bad("holds a password; secrets are read only from the environment: "
                   "set $NEWSLETTER_DATABASE_URL instead")
     return value
+
+
+def _sqlite_relative_to(url: str, base_dir: Path) -> str:
+    """`url` with a relative SQLite path made absolute against `base_dir`, its query kept, so
+    the CLI, the web app and a service started elsewhere all open the same file. Absolute paths,
+    in-memory and other databases are left as they are."""
+    match = RELATIVE_SQLITE_URL.match(url)
+    if not match or match.group(2) == ":memory:":
+        return url
+    prefix, path, query = match.group(1), match.group(2), match.group(3) or ""
+    if path.startswith("file:"):  # an SQLite URI (with uri=true): file:relative/path?mode=ro
+        rest = path[len("file:"):]
+        if rest.startswith("/") or rest in ("", ":memory:"):
+            return url
+        return f"{prefix}file:{quote(str(base_dir))}/{rest}{query}"
+    return f"{prefix}{base_dir / path}{query}"
 
 
 def _has_password(url: str) -> bool:

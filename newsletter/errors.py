@@ -4,7 +4,11 @@
     ├── ConfigError                 newsletter.toml or a NEWSLETTER_* variable (.path, .key)
     ├── DigestError                 a digest file is not fit to send (.problems: list[Problem])
     ├── RenderError                 templates or MJML failed (a bug or a broken custom template)
-    ├── StoreError                  the database cannot be opened or migrated
+    ├── StoreError                  the database cannot be opened, migrated or used ("database: ...",
+    │   │                           the driver's error as __cause__)
+    │   └── StoreConflict           a write broke a unique or other integrity rule, e.g. another
+    │                               process inserted the same row first: callers that expect such a
+    │                               race catch this one (the store raises it, never SQLAlchemy's)
     ├── SubscriberError             a reader or an import row cannot be stored
     ├── ProviderError               the email provider refused or failed a whole request
     │   ├── RateLimited             wait and retry (.retry_after seconds)
@@ -75,6 +79,10 @@ class RenderError(NewsletterError):
 
 
 class StoreError(NewsletterError):
+    pass
+
+
+class StoreConflict(StoreError):
     pass
 
 

@@ -18,7 +18,7 @@ from typing import Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .errors import SendError
+from .errors import SendError, StoreConflict
 from .store import deliveries, insert_many, readers, send_runs, update_many, utcnow
 from .subscribers import Status
 
@@ -104,7 +104,7 @@ class Ledger:
                         insert_many(conn, deliveries, chunk)
                         chunk = []
                 insert_many(conn, deliveries, chunk)
-        except sa.exc.IntegrityError:  # the unique index on unfinished runs of an issue
+        except StoreConflict:  # the unique index on unfinished runs of an issue
             raise SendError(f"another run of {issue} was started at the same moment; see "
                             "`newsletter runs`") from None
         return self.run(run_id)

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 from .config import UNSAFE_CHARACTERS, Settings
-from .errors import NewsletterError, ProviderError, RenderError, SubscriberError
+from .errors import NewsletterError, ProviderError, RenderError, StoreConflict, SubscriberError
 from .links import Links
 from .providers import Message, Provider, make_provider
 from .ratelimits import Hit, RateLimiter
@@ -174,7 +174,7 @@ class Signups:
             return SignupResult(Outcome.LIMITED, reader.id if reader else None)
         try:
             signup = self._store(address, name, categories, ip, source, by_reader)
-        except sa.exc.IntegrityError:  # the same new address, signed up by two requests at once
+        except StoreConflict:  # the same new address, signed up by two requests at once
             signup = self._store(address, name, categories, ip, source, by_reader)
         if signup is None:  # became active meanwhile
             return SignupResult(Outcome.ACTIVE)

@@ -1,23 +1,28 @@
 """The database: SQLAlchemy 2 models, the engine, and Alembic migrations applied on first use.
 
-`open_store(url)` gives an engine whose schema is at the newest revision. SQLite (the default,
-`subscribers.db` in the working directory) and PostgreSQL (psycopg 3) are both supported.
+`open_engine(url)` gives an engine whose schema is at the newest revision: the CLI migrates on first
+use and creates a missing SQLite file; a server passes `migrate=False, create=False` and gets a
+StoreError naming `newsletter db upgrade` instead. SQLite (the default, `subscribers.db` beside
+newsletter.toml) and PostgreSQL (psycopg 3) are both supported. Every database error leaves here as
+a StoreError (StoreConflict for a broken unique rule), with the driver's error as its cause.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .errors import StoreError
+from .errors import StoreConflict, StoreError
 
 DEFAULT_URL = "sqlite:///subscribers.db"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK = 0x6E65_7773_6C65_7474  # PostgreSQL advisory lock key of the migrations: "newslett"
 
 
 def utcnow() -> dt.datetime:
@@ -194,8 +199,10 @@ rate_limits = RateLimitRow.__table__
 issues = IssueRow.__table__
 
 
-def create_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout."""
+def create_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout. Every database error
+    it raises is a StoreError (see `_translate`). With `create` false, no connection ever creates a
+    missing SQLite file."""
     for plain in ("postgresql://", "postgres://"):  # psycopg 3 is the driver we ship
         if url.startswith(plain):
             url = "postgresql+psycopg://" + url[len(plain):]
@@ -203,6 +210,7 @@ def create_engine(url: str) -> Engine:
         engine = sa.create_engine(url, future=True)
     except (sa.exc.ArgumentError, ImportError) as e:
         raise StoreError(f"cannot use database URL {_safe_url(url)}: {e}") from None
+    event.listen(engine, "handle_error", _translate)
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
@@ -213,7 +221,32 @@ def create_engine(url: str) -> Engine:
                 cursor.execute("PRAGMA journal_mode = WAL")
                 cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.close()
+
+        path = sqlite_file(url)
+        if not create and path is not None and not _is_uri(engine.url):
+            @event.listens_for(engine, "do_connect")
+            def _open_existing(_dialect, _record, cargs, cparams):  # noqa: ANN001
+                # SQLite creates a missing file on connect; mode=rw refuses to, even if the file
+                # is removed while a server runs.
+                cargs[0] = f"file:{quote(str(path))}?mode=rw"
+                cparams["uri"] = True
     return engine
+
+
+def _translate(context: sa.engine.ExceptionContext) -> None:
+    """Every error the database driver raises becomes a StoreError, its first line the message and
+    the driver's error its cause: the CLI and the web app handle one error tree. Errors that are
+    not the database's (a bad value given to a column: a bug) are left alone."""
+    error = context.sqlalchemy_exception
+    if context.is_pre_ping or not isinstance(error, sa.exc.DBAPIError):
+        return
+    kind = StoreConflict if isinstance(error, sa.exc.IntegrityError) else StoreError
+    raise kind(f"database: {_first_line(context.original_exception)}")
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error or "").strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def insert_many(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
@@ -274,12 +307,29 @@ def _safe_url(url: str) -> str:
         return "(unparseable)"
 
 
-def database_exists(url: str) -> bool:
-    """False only for an SQLite file that is not there yet (other databases are created by hand)."""
+def sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL, made absolute; None for an in-memory or another database."""
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return True
-    return Path(parsed.database).exists()
+        return None
+    name = parsed.database
+    if _is_uri(parsed):  # sqlite:///file:path?mode=ro&uri=true
+        if parsed.query.get("mode") == "memory":
+            return None
+        name = unquote(urlsplit(name).path) if name.startswith("file:") else name
+        if name in ("", ":memory:"):
+            return None
+    return Path(name).absolute()
+
+
+def _is_uri(parsed: sa.engine.URL) -> bool:
+    return str(parsed.query.get("uri", "")).lower() in ("true", "1", "yes", "on")
+
+
+def database_exists(url: str) -> bool:
+    """False only for an SQLite file that is not there yet (other databases are created by hand)."""
+    path = sqlite_file(url)
+    return path is None or path.exists()
 
 
 # -- migrations ---------------------------------------------------------------------------------
@@ -293,11 +343,18 @@ def _alembic_config(connection: sa.Connection):
     return config
 
 
-def head_revision() -> str:
+def _scripts():
     from alembic.script import ScriptDirectory
 
-    config = _alembic_config(None)  # type: ignore[arg-type]
-    return ScriptDirectory.from_config(config).get_current_head()
+    return ScriptDirectory.from_config(_alembic_config(None))  # type: ignore[arg-type]
+
+
+def head_revision() -> str:
+    return _scripts().get_current_head()
+
+
+def _known_revisions() -> set[str]:
+    return {script.revision for script in _scripts().walk_revisions()}
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -308,24 +365,67 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision`, keeping every row."""
+    """Bring the schema to `revision`, keeping every row; one process at a time.
+
+    Several processes may start at once (`newsletter db upgrade` twice, a CLI command and a
+    service on first use): each waits for the lock, then Alembic reads the revision, so all but
+    the first find the work done. Without the lock two of them would both see an old revision
+    and create the same tables.
+    """
     from alembic import command
+    from alembic.util import CommandError
 
-    try:
-        with engine.begin() as connection:
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        raw = connection.connection.dbapi_connection if sqlite else None
+        previous = raw.isolation_level if sqlite else None
+        try:
+            if sqlite:
+                # pysqlite would BEGIN only before an INSERT (a CREATE TABLE would run on its
+                # own, outside any transaction): turn that off and take the write lock first.
+                raw.isolation_level = None
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            elif connection.dialect.name == "postgresql":
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
             command.upgrade(_alembic_config(connection), revision)
-    except sa.exc.OperationalError as e:
-        raise StoreError(f"cannot open database {_safe_url(str(engine.url))}: "
-                         f"{str(e.orig).splitlines()[0]}") from None
+            connection.commit()
+        except CommandError as e:
+            raise StoreError(f"cannot upgrade database {_safe_url(str(engine.url))}: {e}") from None
+        finally:
+            connection.rollback()  # after a failure: nothing half done stays
+            if sqlite:
+                raw.isolation_level = previous
 
 
-def open_engine(url: str = DEFAULT_URL) -> Engine:
-    """An engine whose schema is at the newest revision (migrating on first use)."""
-    engine = create_engine(url)
+def open_engine(url: str = DEFAULT_URL, *, migrate: bool = True, create: bool = True) -> Engine:
+    """An engine whose schema is at the newest revision.
+
+    `migrate`: bring an older or empty database to it (the CLI does, on first use); when false,
+    such a database is a StoreError that names `newsletter db upgrade` (a server). `create`: create
+    a missing SQLite file; when false, a missing file is a StoreError naming it.
+    """
+    if not create and not database_exists(url):
+        raise StoreError(f"database file {sqlite_file(url)} does not exist (run `newsletter db "
+                         "upgrade` to create it, or check database_url)")
+    engine = create_engine(url, create=create)
     try:
-        if current_revision(engine) != head_revision():
+        try:
+            current = current_revision(engine)
+        except StoreError as e:
+            raise StoreError(f"cannot open database {_safe_url(url)}: "
+                             f"{_first_line(e.__cause__ or e)}") from e.__cause__
+        head = head_revision()
+        if current is not None and current not in _known_revisions():
+            raise StoreError(f"database {_safe_url(url)} is at revision {current}, which this version "
+                             f"of newsletter does not know (it needs {head}): a newer version "
+                             "upgraded it; run that version")
+        if current != head:
+            if not migrate:
+                state = "has no schema yet" if current is None else \
+                    f"is at revision {current}, this version needs {head}"
+                raise StoreError(f"database {_safe_url(url)} {state}: run `newsletter db upgrade`")
             upgrade(engine)
-    except sa.exc.OperationalError as e:
-        raise StoreError(f"cannot open database {_safe_url(url)}: "
-                         f"{str(e.orig).splitlines()[0]}") from None
+    except BaseException:
+        engine.dispose()
+        raise
     return engine

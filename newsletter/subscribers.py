@@ -31,7 +31,7 @@ from email_validator.rfc_constants import DOT_ATOM_TEXT
 from sqlalchemy.engine import Connection, Engine
 
 from .config import UNSAFE_CHARACTERS, Category, Settings, load_secret_key
-from .errors import ConfigError, StoreError, SubscriberError
+from .errors import ConfigError, SubscriberError
 from .store import (categories, deliveries, events, open_engine, reader_categories, readers,
                     suppressions, utcnow)
 
@@ -269,29 +269,33 @@ class Subscribers:
         self._secret_key = functools.partial(load_secret_key, None) if secret_key is None else secret_key
 
     @classmethod
-    def open(cls, url: str, known: Iterable[Category] = (),
-             secret_key: SecretKey | None = None) -> "Subscribers":
-        """Readers at `url`. Without `secret_key`: $NEWSLETTER_SECRET_KEY, or ./newsletter.key."""
-        subscribers = cls(open_engine(url), secret_key)
-        subscribers.sync_categories(known)
+    def open(cls, url: str, known: Iterable[Category] = (), secret_key: SecretKey | None = None, *,
+             migrate: bool = True, create: bool = True) -> "Subscribers":
+        """Readers at `url`. Without `secret_key`: $NEWSLETTER_SECRET_KEY, or ./newsletter.key.
+        `migrate` and `create` as in `store.open_engine` (a server passes both false)."""
+        engine = open_engine(url, migrate=migrate, create=create)
+        subscribers = cls(engine, secret_key)
+        try:
+            subscribers.sync_categories(known)
+        except BaseException:
+            engine.dispose()
+            raise
         return subscribers
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Subscribers":
+    def from_settings(cls, settings: Settings, *, migrate: bool = True,
+                      create: bool = True) -> "Subscribers":
         """Readers in the settings' database, with the settings' secret key."""
         return cls.open(settings.database_url, settings.categories,
-                        functools.partial(load_secret_key, settings))
+                        functools.partial(load_secret_key, settings), migrate=migrate, create=create)
 
     def close(self) -> None:
         self.engine.dispose()
 
     def ping(self) -> None:
         """Raise StoreError unless the database answers."""
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-        except sa.exc.SQLAlchemyError as e:
-            raise StoreError(f"database: {str(getattr(e, 'orig', e)).strip().splitlines()[0]}") from e
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     def sync_categories(self, known: Iterable[Category]) -> None:
         """Make the categories table match the settings (slugs are never deleted: readers keep them)."""

@@ -153,3 +153,60 @@ def test_preview_serve_from_the_command_line(tmp_path):
         process.wait(timeout=10)
     assert process.returncode == 0
     assert "Traceback" not in process.stderr.read()
+
+
+# -- the database: where it is, and which commands create it ---------------------------------------
+
+def test_the_database_is_beside_the_settings_file(run, monkeypatch, tmp_path):
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    site.mkdir()
+    elsewhere.mkdir()
+    settings = (ROOT / "newsletter.toml").read_text()
+    (site / "newsletter.toml").write_text(settings)  # database_url not set: the default
+    monkeypatch.chdir(elsewhere)
+    assert run("--config", site / "newsletter.toml", "subscribers", "add", "a@example.com").code == 0
+    assert (site / "subscribers.db").exists()
+    (site / "newsletter.toml").write_text(f'database_url = "sqlite:///data/readers.db?timeout=20"\n{settings}')
+    (site / "data").mkdir()
+    assert run("--config", site / "newsletter.toml", "subscribers", "add", "b@example.com").code == 0
+    assert (site / "data" / "readers.db").exists()
+    assert list(elsewhere.iterdir()) == []
+    monkeypatch.chdir(site / "data")  # the same list, from any folder
+    listed = run("--config", "../newsletter.toml", "subscribers", "list").out
+    assert "b@example.com" in listed and "a@example.com" not in listed
+
+
+NEED_READERS = [
+    ["send", EXAMPLE, "--yes"], ["send", EXAMPLE, "--dry-run"], ["send", EXAMPLE, "--test", "me@example.com"],
+    ["resume", "1", "--yes"], ["runs"], ["runs", "1"], ["runs", "cancel", "1", "--yes"],
+    ["subscribers", "list"], ["subscribers", "count"], ["subscribers", "show", "a@example.com"],
+    ["subscribers", "export", "{tmp}/readers.csv"], ["subscribers", "remove", "a@example.com"],
+    ["subscribers", "set-categories", "a@example.com", "ai-tech"],
+    ["subscribers", "rotate-token", "a@example.com"], ["subscribers", "forget", "a@example.com", "--yes"],
+]
+
+
+@pytest.mark.parametrize("args", NEED_READERS, ids=lambda args: " ".join(map(str, args[:2])))
+def test_commands_that_need_readers_never_create_the_database(run, monkeypatch, tmp_path, args):
+    db = tmp_path / "subscribers.db"
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{db}")
+    monkeypatch.setenv("NEWSLETTER_OUTBOX_DIR", str(tmp_path / "outbox"))
+    result = run(*[str(a).format(tmp=tmp_path) for a in args])
+    assert result.code == 1
+    assert result.err == (f"error: database file {db} does not exist (run `newsletter db upgrade` to "
+                          "create it, or check database_url)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, out", [
+    (["subscribers", "add", "a@example.com"], "added a@example.com"),
+    (["subscribers", "import", ROOT / "digests" / "demo-readers.csv"], "added 5"),
+    (["db", "upgrade"], "database at revision"),
+])
+def test_commands_that_start_a_list_create_the_database(run, monkeypatch, tmp_path, args, out):
+    db = tmp_path / "subscribers.db"
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{db}")
+    result = run(*args)
+    assert result.code == 0, result.err
+    assert out in result.out and db.exists()
+    assert run("subscribers", "count").code == 0  # and now the others find it

@@ -1,21 +1,24 @@
 import csv
 import io
 import json
+import re
 import shutil
 
 import pytest
 import sqlalchemy as sa
 
-from newsletter.store import readers, utcnow
+from newsletter.store import open_engine, readers, utcnow
 from newsletter.subscribers import Consent, ConsentMethod, Status, Subscribers, new_reader_row, spreadsheet_safe
 
-from .conftest import ROOT
+from .conftest import PG_URL, ROOT
 from .test_imports import DATA
 from .test_subscribers import KEY
 
 
 @pytest.fixture
 def cli(run, monkeypatch, db_url):
+    """The CLI on a list that exists and is empty."""
+    open_engine(db_url).dispose()
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", db_url)
     monkeypatch.setenv("NEWSLETTER_SECRET_KEY", KEY)  # `run` cleared it; no key file in the repository
     return run
@@ -127,6 +130,30 @@ def test_database_errors_are_one_line(run, monkeypatch, tmp_path):
     result = run("subscribers", "count")
     assert result.code == 1 and len(result.err.strip().splitlines()) == 1
     assert result.err.startswith("error: ") and "Traceback" not in result.err
+
+
+def test_a_database_failing_under_a_command_is_one_line(cli, db_url):
+    assert cli("subscribers", "add", "a@example.com").code == 0
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE reader_categories"))
+    engine.dispose()
+    result = cli("subscribers", "count")
+    assert result.code == 1
+    assert result.err in ("error: database: no such table: reader_categories\n",
+                          'error: database: relation "reader_categories" does not exist\n')
+    debug = cli("--debug", "subscribers", "count")  # the driver's own error, for a bug report
+    assert "The above exception was the direct cause" in debug.err
+    assert re.search(r"^(sqlite3\.OperationalError|psycopg\.errors\.UndefinedTable): ", debug.err, re.M)
+
+
+def test_a_postgresql_database_that_does_not_exist_is_one_line(run, monkeypatch):
+    url = PG_URL.rpartition("/")[0] + "/no_such_database"
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", url)
+    result = run("subscribers", "count")
+    assert result.code == 1 and len(result.err.splitlines()) == 1 and "Traceback" not in result.err
+    assert result.err.startswith(f"error: cannot open database {url}: connection failed: ")
+    assert 'database "no_such_database" does not exist' in result.err
 
 
 def test_unwritable_output_is_one_line(run, tmp_path):

@@ -207,6 +207,42 @@ def test_a_database_url_without_password_is_fine_in_the_file(tmp_path):
     assert load_settings(path, env={}).database_url == "postgresql://news@db.example.org/news"
 
 
+# -- the database URL: a relative SQLite path is beside newsletter.toml -----------------------------
+
+@pytest.mark.parametrize("url, expected", [
+    (None, "sqlite:///{toml}/subscribers.db"),  # the default
+    ("sqlite:///subscribers.db", "sqlite:///{toml}/subscribers.db"),
+    ("sqlite:///data/x.db?timeout=20", "sqlite:///{toml}/data/x.db?timeout=20"),
+    ("sqlite+pysqlite:///x.db", "sqlite+pysqlite:///{toml}/x.db"),
+    ("sqlite:///file:x.db?mode=ro&uri=true", "sqlite:///file:{toml}/x.db?mode=ro&uri=true"),
+    ("sqlite:////abs/x.db", "sqlite:////abs/x.db"),
+    ("sqlite://", "sqlite://"),
+    ("sqlite:///:memory:", "sqlite:///:memory:"),
+    ("postgresql://news@db.example.org/news", "postgresql://news@db.example.org/news"),
+])
+def test_a_relative_sqlite_path_is_beside_the_settings_file(tmp_path, monkeypatch, url, expected):
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.chdir(tmp_path)
+    text = MINIMAL if url is None else f'database_url = "{url}"\n' + MINIMAL
+    assert load_settings(write(site, text), env={}).database_url == expected.format(toml=site)
+
+
+def test_a_relative_sqlite_path_from_the_environment_is_in_the_working_directory(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.chdir(tmp_path)
+    env = {"NEWSLETTER_DATABASE_URL": "sqlite:///data/x.db?timeout=20"}
+    in_cwd = f"sqlite:///{tmp_path}/data/x.db?timeout=20"
+    assert load_settings(write(site, MINIMAL), env=env).database_url == in_cwd
+    # no settings file at all: the working directory too
+    env |= {"NEWSLETTER_NAME": "N", "NEWSLETTER_SENDER": "s@example.org",
+            "NEWSLETTER_BASE_URL": "https://n.example.org", "NEWSLETTER_POSTAL_ADDRESS": "1 Street"}
+    assert load_settings(None, env=env).database_url == in_cwd
+    del env["NEWSLETTER_DATABASE_URL"]
+    assert load_settings(None, env=env).database_url == f"sqlite:///{tmp_path}/subscribers.db"
+
+
 # -- the secret key -------------------------------------------------------------------------------
 
 def test_secret_key_from_the_environment(tmp_path):

@@ -112,3 +112,28 @@ def test_an_unsubscribe_during_a_send_stops_that_readers_copy(db_url, session_se
     subs.close()
     assert state == "skipped"
     assert "skipped 1" in out
+
+
+def test_serve_refuses_a_missing_or_outdated_database_with_the_command_to_run(run, monkeypatch, tmp_path):
+    from newsletter.store import create_engine, upgrade
+
+    missing = tmp_path / "subscribers.db"
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{missing}")
+    result = run("serve", "--port", "0")
+    assert result.code == 1
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert str(missing) in result.err and "newsletter db upgrade" in result.err
+    assert not missing.exists(), "the server never creates a database"
+
+    engine = create_engine(f"sqlite:///{missing}")
+    upgrade(engine, "0005")  # a database an older version left
+    engine.dispose()
+    result = run("serve", "--port", "0")
+    assert result.code == 1 and result.err.count("\n") == 1
+    assert "is at revision 0005" in result.err and "run `newsletter db upgrade`" in result.err
+
+    assert run("db", "upgrade").code == 0
+    from newsletter.web import create_app
+    from newsletter.config import load_settings
+
+    assert create_app(load_settings()).url_map  # now it starts

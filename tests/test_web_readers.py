@@ -184,7 +184,9 @@ def test_every_page_carries_the_security_headers(web, ana):
 def test_healthz_answers_when_the_database_does(web, ana):
     assert web.client.get("/healthz").status_code == 200
     web.subs.engine.dispose()
-    web.subs.engine = sa.create_engine("sqlite:////nonexistent-folder/x.db")
+    from newsletter.store import create_engine
+
+    web.subs.engine = create_engine("sqlite:////nonexistent-folder/x.db")
     answer = web.client.get("/healthz")
     assert answer.status_code == 503 and b"database" in answer.data
 

@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, *, subscribers: Subscribers | N
     settings = settings or load_settings()
     key = key if key is not None else load_secret_key(settings)
     if subscribers is None:
-        subscribers = Subscribers.from_settings(settings)  # migrate=False, create=False: see store foundations
+        subscribers = Subscribers.from_settings(settings, migrate=False, create=False)
     templates = default_templates_dir()
     app = App(__name__, static_folder=str(templates / "web" / "static"), static_url_path="/static",
               template_folder=str(templates / "web"))
