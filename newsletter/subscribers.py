@@ -431,24 +431,24 @@ class Subscribers:
     def unsubscribe_by_token(self, token: str, *, reason: str, ip: str | None = None) -> tuple[int, bool] | None:
         """Unsubscribe the reader whose link secret is `token`, the short way (RFC 8058 one-click:
         mailbox providers call it for every "unsubscribe" a reader clicks): (reader id, whether
-        this changed their status), or None for no such reader."""
-        for _ in range(3):  # again only if the status changed between the look-up and the update
-            with self.engine.connect() as conn:
-                row = conn.execute(_BY_TOKEN, {"token": token}).first() if _plausible(token) else None
-            if row is None or not hmac.compare_digest(row.token.encode(), token.encode()):
-                return None
-            old = Status(row.status)
-            if old not in (Status.ACTIVE, Status.PENDING):
-                return row.id, False
-            values = transition(old, Status.UNSUBSCRIBED, utcnow())
-            with self._writing() as conn:
-                changed = conn.execute(sa.update(readers).where(readers.c.id == row.id,
-                                                                readers.c.status == old.value)
-                                       .values(**values)).rowcount
-                if changed:
+        this changed their status), or None for no such reader.
+
+        One write transaction: an UPDATE that finds the reader by token and status at once (the
+        status it changes from is in its WHERE clause, so a reader changed meanwhile is never
+        overwritten), then the event; a look-up only when it changed nothing."""
+        if not _plausible(token):
+            return None
+        now = utcnow()
+        with self._writing() as conn:
+            for old in (Status.ACTIVE, Status.PENDING):  # those may become unsubscribed (TRANSITIONS)
+                row = conn.execute(_ONE_CLICK, {"b_token": token, "old": old.value, "now": now}).first()
+                if row is not None and hmac.compare_digest(row.token.encode(), token.encode()):
                     log_event(conn, row.id, "status", old=old.value, new=Status.UNSUBSCRIBED.value,
                               reason=reason, ip=normalize_ip(ip))
                     return row.id, True
+            row = conn.execute(_BY_TOKEN, {"token": token}).first()
+        if row is None or not hmac.compare_digest(row.token.encode(), token.encode()):
+            return None
         return row.id, False
 
     def by_token(self, token: str) -> Reader | None:
@@ -597,6 +597,13 @@ class Subscribers:
 
 _BY_TOKEN = sa.select(readers.c.id, readers.c.email, readers.c.token, readers.c.status).where(
     readers.c.token == sa.bindparam("token"))
+# transition(ACTIVE or PENDING, UNSUBSCRIBED) as one statement
+assert set(_status_columns(Status.UNSUBSCRIBED, utcnow())) == {"status", "status_changed_at", "unsubscribed_at"}
+_ONE_CLICK = (sa.update(readers)
+              .where(readers.c.token == sa.bindparam("b_token"), readers.c.status == sa.bindparam("old"))
+              .values(status=Status.UNSUBSCRIBED.value, status_changed_at=sa.bindparam("now"),
+                      unsubscribed_at=sa.bindparam("now"))
+              .returning(readers.c.id, readers.c.token))
 _WRITERS: "weakref.WeakKeyDictionary[Engine, threading.Lock]" = weakref.WeakKeyDictionary()
 _WRITERS_LOCK = threading.Lock()
 

@@ -137,3 +137,24 @@ def test_serve_refuses_a_missing_or_outdated_database_with_the_command_to_run(ru
     from newsletter.config import load_settings
 
     assert create_app(load_settings()).url_map  # now it starts
+
+
+def test_several_server_processes_share_the_port_and_stop_together(db_url, session_settings, tmp_path):
+    readers = [f"w{i}@example.com" for i in range(6)]
+    add_readers(db_url, session_settings, readers)
+    subs = Subscribers.open(db_url, session_settings.categories)
+    tokens = [subs.require(email).token for email in readers]
+    server = Server(environment(db_url, tmp_path), "--workers", "2")
+    try:
+        assert "2 processes" in "".join(server.lines)
+        for token in tokens:  # each on a new connection: the kernel hands them to either process
+            answer = requests.post(f"{server.url}/u/{token}", data={"List-Unsubscribe": "One-Click"},
+                                   timeout=10, headers={"Connection": "close"})
+            assert answer.status_code == 200
+    finally:
+        code = server.stop()
+    assert code == 0, "".join(server.lines)
+    with pytest.raises(requests.ConnectionError):  # no process is left listening
+        requests.get(server.url + "/healthz", timeout=5)
+    assert {subs.require(email).status for email in readers} == {Status.UNSUBSCRIBED}
+    subs.close()
