@@ -183,7 +183,8 @@ class Server:
                     found.put(match.group(1))
             found.put(None)
 
-        threading.Thread(target=read, daemon=True).start()
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
         try:
             self.url = found.get(timeout=deadline)
         except queue.Empty:
@@ -192,6 +193,17 @@ class Server:
             self.stop()
             pytest.fail("newsletter serve did not start: " + "".join(self.lines))
         self._started = time.monotonic()
+
+    def said(self, text: str, deadline: float = 30.0) -> bool:
+        """Whether the server printed `text` (waiting for it up to `deadline` seconds)."""
+        import time
+
+        end = time.monotonic() + deadline
+        while not any(text in line for line in self.lines):
+            if time.monotonic() > end or self.process.poll() is not None:
+                return any(text in line for line in self.lines)
+            time.sleep(0.02)  # lines arrive on the reader thread
+        return True
 
     def stop(self) -> int:
         import signal
@@ -204,6 +216,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._reader.join(timeout=20)  # every line the server wrote is in self.lines
         return self.process.returncode
 
 
