@@ -52,18 +52,25 @@ def serve(app: App, host: str, port: int, threads: int, workers: int) -> None:
         _run(web, sock, threads)
         return
     web.extensions["newsletter"].subscribers.close()  # each process opens its own connections
-    children = [_fork(lambda: _run(create_app(settings), sock, threads)) for _ in range(workers)]
-    sock.close()
+    children: list[int] = []
+    stopping: list[int] = []
 
     def stop(signum, _frame) -> None:
+        stopping.append(signum)
         for pid in children:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, stop)  # before the first fork: no child is ever left behind
     signal.signal(signal.SIGINT, stop)
+    for _ in range(workers):
+        children.append(_fork(lambda: _run(create_app(settings), sock, threads)))
+        if stopping:  # stopped while forking: this child missed the signal
+            stop(signal.SIGTERM, None)
+            break
+    sock.close()
     failed = 0
     for pid in children:
         while True:
