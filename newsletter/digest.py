@@ -38,7 +38,8 @@ MAX_LABEL = 999
 # A TODO inside a URL is the URL's. A scheme starts only where a word starts: tried at every
 # letter of a long word, the pattern would take time quadratic in the word's length.
 URL_RE = re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s)>\]]+", re.I)
-# fn-N and fnref-N-M are the anchors render.py gives notes and references.
+# fn-N and fnref-N-M are the anchors render.py gives notes and references; story anchors are
+# [a-z0-9-], so the web pages' own ids (content_) never meet one.
 NOTE_ANCHOR_RE = re.compile(r"fn(ref)?(-|$)")
 # The lists, quotes and footnotes that markdown-it reads only down to `maxNesting` levels.
 CONTAINERS = {"blockquote_open", "list_item_open", "footnote_reference_open"}
