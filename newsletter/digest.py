@@ -44,7 +44,8 @@ NOTE_ANCHOR_RE = re.compile(r"fn(ref)?(-|$)")
 # The lists, quotes and footnotes that markdown-it reads only down to `maxNesting` levels.
 CONTAINERS = {"blockquote_open", "list_item_open", "footnote_reference_open"}
 FRONT_MATTER_KEYS = {"title", "subtitle", "date", "author", "categories", "tldr", "preheader",
-                     "footnotes"}
+                     "footnotes", "status"}
+
 
 
 @dataclass
@@ -115,6 +116,7 @@ class Digest:
     opening: Section
     stories: list[Section]  # every '## ' section in order, the round-ups included (see .kind)
     footnotes: dict[str, Footnote]
+    status: str = "draft"  # frontmatter.STATUSES: only a ready digest is sent on schedule
     warnings: list[Problem] = field(default_factory=list)
 
     @property
@@ -270,6 +272,7 @@ def parse_digest(text: str, path: Path, settings: Settings, check: Checker) -> D
         preheader=frontmatter.text_field(meta, "preheader", line_of, check),
         footnote_mode=footnote_mode, opening=opening, stories=stories,
         footnotes={label: note for label, note in footnotes.items() if label in cited},
+        status=frontmatter.status(meta.get("status"), line_of("status"), check),
         warnings=[p for p in check.problems if p.severity == "warning"],
     )
 

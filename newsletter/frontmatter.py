@@ -139,3 +139,16 @@ def date(value: Any, line: int, check: Checker) -> dt.date | None:
     except ValueError:
         check.error(line, f"'date' must be a date like 2026-04-22, got {shorten(repr(value))}")
         return None
+
+
+STATUSES = ("draft", "ready")
+
+
+def status(value: Any, line: int, check: Checker) -> str:
+    """Whether the writer says the issue may go out on schedule: `draft` (the default) or `ready`."""
+    if value is None:
+        return "draft"
+    if not isinstance(value, str) or value.strip().lower() not in STATUSES:
+        check.error(line, f"'status' must be draft or ready, got {shorten(repr(value))}")
+        return "draft"
+    return value.strip().lower()
