@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
-import uuid
 from pathlib import Path
 
 import click
@@ -13,15 +13,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from . import send as sending
 from .cli import App, cli, pass_app, plural, shown_path
-from .config import load_secret_key
-from .digest import load_digest
-from .errors import ExitCode, SendError
+from .digest import Digest, load_digest
+from .errors import ExitCode
 from .ledger import Ledger, Run, RunStatus
-from .providers import Message, make_provider
-from .render import Renderer, preview_links
-from .send import (Composer, Sender, categories_of, check_new_run, check_unchanged, open_run, plan,
-                   prepare)
+from .providers import Provider, make_provider
+from .send import Plan, Variant, categories_of
 
 
 def describe_variant(app: App, key: str) -> str:
@@ -32,7 +30,7 @@ def describe_variant(app: App, key: str) -> str:
     return ", ".join(names) or "stories for everyone only"
 
 
-def provider_for(app: App):
+def provider_for(app: App) -> Provider:
     if app.settings.provider is None:
         click.echo(f"no provider configured: writing .eml files to {shown_path(app.settings.outbox_dir)} "
                    "(set provider in newsletter.toml to send for real)", err=True)
@@ -54,17 +52,13 @@ def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...
     for warning in digest.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     ledger = Ledger(app.subscribers.engine)
-    had_it = frozenset()
-    if not test_to and not dry_run:
-        had_it = check_new_run(ledger, digest, again=again)
-    due = plan(digest, app.subscribers, had_it)
+    in_ledger = not test_to and not dry_run  # test copies and dry runs need no run, so pass no check
+    due = sending.plan_run(digest, app.subscribers, ledger if in_ledger else None, again=again)
     show_plan(app, digest.title, due, settings.provider or "outbox")
-    if had_it:
-        click.echo(f"{plural(len(had_it), 'reader')} had this issue from a cancelled run: left out "
+    if due.had_it:
+        click.echo(f"{plural(len(due.had_it), 'reader')} had this issue from a cancelled run: left out "
                    "(--again sends to everyone)")
-    # Every variant rendered and every message built before a run exists: a digest or a setting
-    # that cannot become an email stops here, with no reader queued behind it.
-    variants = prepare(Renderer(settings), digest, settings, sorted(due.per_variant) or ["all"])
+    variants = sending.prepare_variants(settings, digest, due)
     if test_to:
         send_tests(app, digest, variants, test_to)
         return
@@ -73,17 +67,20 @@ def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...
             click.echo(f"rendered {key}: {variant.size / 1024:.1f} KB")
         click.echo("dry run: nothing was sent")
         return
-    if not due.recipients:
-        raise SendError("no active reader is due for this issue (see `newsletter subscribers count`)")
+    due.check_someone_due()
     if not yes:
         click.confirm(f"Send \"{digest.title}\" to {plural(len(due.recipients), 'reader')}?", abort=True)
-    provider = provider_for(app)
-    run, _ = open_run(ledger, digest, app.subscribers, provider.name, settings, again=again, due=due)
-    click.echo(f"run {run.id} started")
-    deliver(app, ledger, provider, run, digest, variants)
+    provider = provider_for(app)  # before the run exists: a provider that cannot be made leaves none
+    try:
+        run, _, _ = sending.start_run(settings, digest, app.subscribers, ledger, again=again,
+                                      provider=provider.name, due=due, variants=variants)
+        click.echo(f"run {run.id} started")
+        deliver(app, ledger, provider, run, digest, variants)
+    finally:
+        provider.close()
 
 
-def show_plan(app: App, subject: str, due, provider: str) -> None:
+def show_plan(app: App, subject: str, due: Plan, provider: str) -> None:
     table = Table("variant", "readers", box=None)
     for key, count in due.per_variant.items():
         table.add_row(describe_variant(app, key), str(count))
@@ -95,44 +92,25 @@ def show_plan(app: App, subject: str, due, provider: str) -> None:
                    "story for: not sent")
 
 
-def send_tests(app: App, digest, variants: dict, addresses: tuple[str, ...]) -> None:
-    from .subscribers import normalize_email
-
+def send_tests(app: App, digest: Digest, variants: dict[str, Variant], addresses: tuple[str, ...]) -> None:
     provider = provider_for(app)
-    links = preview_links(app.settings, digest)
-    composer = Composer(app.settings, digest, variants)
-    batch_id = uuid.uuid4().hex[:12]
-    messages = []
-    for address in (normalize_email(a) for a in addresses):
-        for key, variant in variants.items():
-            messages.append(Message(
-                key=f"test-{batch_id}-{len(messages)}", to=address, sender=app.settings.sender,
-                reply_to=app.settings.reply_to, subject=f"[test: {key}] {digest.title}",
-                html=variant.html.fill(links), text=variant.text.fill(links),
-                headers={"List-Unsubscribe": f"<{links['unsubscribe_url']}>",
-                         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "List-Id": composer.list_id},
-                tags={"issue": digest.slug, "variant": key, "test": "yes"}))
-    for start in range(0, len(messages), app.settings.batch_size):
-        chunk = messages[start:start + app.settings.batch_size]
-        result = provider.send(chunk, f"test-{batch_id}-{start}")
-        for message, outcome in zip(chunk, result.outcomes):
+    try:
+        for message, outcome in sending.send_test_copies(app.settings, digest, variants, addresses, provider):
             state = "sent" if outcome.ok else f"failed: {outcome.error}"
             click.echo(f"test copy {message.tags['variant']} to {message.to}: {state}")
+    finally:
+        provider.close()
 
 
-def deliver(app: App, ledger: Ledger, provider, run: Run, digest, variants: dict) -> None:
-    """Send a run with a progress bar; Ctrl-C pauses after the batch in flight."""
-    settings = app.settings
-    composer = Composer(settings, digest, variants, view_key=load_secret_key(settings))
-    sender = Sender(ledger, provider, composer, rate=settings.send_rate,
-                    batch_size=settings.batch_size, max_failures=settings.max_failures)
-    interrupted = []
+def deliver(app: App, ledger: Ledger, provider: Provider, run: Run, digest: Digest,
+            variants: dict[str, Variant]) -> None:
+    """Send a run with a progress bar, then report; Ctrl-C pauses after the batch in flight."""
+    stop = threading.Event()
 
     def on_sigint(signum, frame):
-        if interrupted:
+        if stop.is_set():
             raise KeyboardInterrupt
-        interrupted.append(True)
-        sender.stop()
+        stop.set()
         click.echo("\npausing after the batch in flight (Ctrl-C again to stop at once)", err=True)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
@@ -143,14 +121,14 @@ def deliver(app: App, ledger: Ledger, provider, run: Run, digest, variants: dict
         with Progress(*columns, console=Console(stderr=True), disable=not sys.stderr.isatty()) as bar:
             task = bar.add_task("send", total=None, detail="")
 
-            def on_progress(p):
+            def on_progress(p: sending.Progress) -> None:
                 rate = p.sent / max(time.monotonic() - p.started, 1e-6)
                 bar.update(task, total=p.total, completed=p.done,
                            detail=f"sent {p.sent} failed {p.failed} skipped {p.skipped} {rate:,.0f}/s")
-            run = sender.send(run, on_progress)
+            run = sending.deliver(app.settings, ledger, run, digest, variants, provider=provider,
+                                  on_progress=on_progress, stop=stop)
     finally:
         signal.signal(signal.SIGINT, previous)
-        provider.close()
     report(ledger, run, time.monotonic() - started)
 
 
@@ -178,24 +156,16 @@ def report(ledger: Ledger, run: Run, seconds: float) -> None:
 def resume(app: App, run_id: int, yes: bool) -> None:
     """Go on with send run RUN_ID after a pause, a crash or a provider failure."""
     ledger = Ledger(app.subscribers.engine)
-    run = ledger.run(run_id)
-    if run.status == RunStatus.FINISHED:
-        raise SendError(f"run {run.id} is finished; to send {run.issue} again use `newsletter send --again`")
-    if run.status == RunStatus.CANCELLED:
-        raise SendError(f"run {run.id} was cancelled; `newsletter send` sends {run.issue} to the readers "
-                        "it did not reach")
-    digest = load_digest(run.digest_path, app.settings)
-    check_unchanged(run, digest, app.settings)
-    variants = prepare(Renderer(app.settings), digest, app.settings, ledger.variants(run.id))
+    run, digest, variants = sending.reopen_run(app.settings, ledger, run_id)
     counts = ledger.counts(run.id)
     left = counts["queued"] + counts["sending"]
     if not yes:
         click.confirm(f"Resume run {run.id} ({run.issue}): {plural(left, 'reader')} left?", abort=True)
     provider = provider_for(app)
-    if provider.name != run.provider:
-        raise SendError(f"run {run.id} was started with {run.provider}; the settings now say "
-                        f"{provider.name}")
-    deliver(app, ledger, provider, run, digest, variants)
+    try:
+        deliver(app, ledger, provider, run, digest, variants)  # refuses a provider other than the run's
+    finally:
+        provider.close()
 
 
 class RunsGroup(click.Group):

@@ -15,7 +15,11 @@
     │   ├── Unavailable             5xx, timeout, refused connection: retry with backoff
     │   ├── QuotaExceeded           a daily or monthly quota: waiting will not help, pause
     │   └── Rejected                bad key, bad sender, ...: no retry can fix it, pause (.reason)
-    └── SendError                   a send run cannot start or go on (already sent, leased, ...)
+    └── SendError                   a send run cannot start or go on (.run_id, when a run is concerned)
+        ├── AlreadySent             the issue has a finished run: send it again only on purpose
+        ├── RunUnfinished           the issue has a run that is sending or paused: resume or cancel it
+        ├── RunBusy                 another process holds the run's lease: it is sending it now
+        └── RunNotFound             there is no run with that id
 
 The CLI turns any of these into `error: <message>` and an exit code from `ExitCode`;
 nothing else reaches the user as a traceback.
@@ -115,7 +119,25 @@ class Rejected(ProviderError):
 
 
 class SendError(NewsletterError):
-    pass
+    def __init__(self, message: str, *, run_id: int | None = None):
+        self.run_id = run_id
+        super().__init__(message)
+
+
+class AlreadySent(SendError):
+    """`.run_id`: the finished run. A scheduler skips the issue; a user says `--again`."""
+
+
+class RunUnfinished(SendError):
+    """`.run_id`: the run of the issue that is sending or paused (None if it ended meanwhile)."""
+
+
+class RunBusy(SendError):
+    """`.run_id`: the run another process is sending; try again once its lease ends."""
+
+
+class RunNotFound(SendError):
+    """`.run_id`: the id asked for."""
 
 
 _UNPRINTABLE_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")

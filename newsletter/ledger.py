@@ -18,7 +18,7 @@ from typing import Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .errors import SendError, StoreConflict
+from .errors import RunBusy, RunNotFound, RunUnfinished, SendError, StoreConflict
 from .store import deliveries, insert_many, readers, send_runs, update_many, utcnow
 from .subscribers import Status
 
@@ -105,15 +105,16 @@ class Ledger:
                         chunk = []
                 insert_many(conn, deliveries, chunk)
         except StoreConflict:  # the unique index on unfinished runs of an issue
-            raise SendError(f"another run of {issue} was started at the same moment; see "
-                            "`newsletter runs`") from None
+            other = [r.id for r in self.runs(issue) if r.status in (RunStatus.SENDING, RunStatus.PAUSED)]
+            raise RunUnfinished(f"another run of {issue} was started at the same moment; see "
+                                "`newsletter runs`", run_id=other[-1] if other else None) from None
         return self.run(run_id)
 
     def run(self, run_id: int) -> Run:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(send_runs).where(send_runs.c.id == run_id)).mappings().first()
         if row is None:
-            raise SendError(f"there is no send run {run_id} (see `newsletter runs`)")
+            raise RunNotFound(f"there is no send run {run_id} (see `newsletter runs`)", run_id=run_id)
         return _run(row)
 
     def runs(self, issue: str | None = None) -> list[Run]:
@@ -149,8 +150,8 @@ class Ledger:
                         lease_owner=self.owner, lease_until=now + dt.timedelta(seconds=seconds))).rowcount
                     if taken:
                         return
-                raise SendError(f"run {run_id} is being sent by {owner} (lease until "
-                                f"{until:%H:%M:%S} UTC); wait for it or stop it there")
+                raise RunBusy(f"run {run_id} is being sent by {owner} (lease until "
+                              f"{until:%H:%M:%S} UTC); wait for it or stop it there", run_id=run_id)
 
     def release(self, run_id: int) -> None:
         with self.engine.begin() as conn:
@@ -242,7 +243,7 @@ class Ledger:
                     token=sa.select(readers.c.token).where(readers.c.id == deliveries.c.reader_id).scalar_subquery(),
                 )).rowcount
                 if claimed != len(ids):  # another sender got here first: never send what it took
-                    raise SendError(f"another process is sending run {run_id}; this one stops")
+                    raise RunBusy(f"another process is sending run {run_id}; this one stops", run_id=run_id)
                 return Batch(key, [Recipient(r.id, r.email, r.name, r.token, r.variant) for r in active],
                              skipped=skipped_total)
 
@@ -306,7 +307,7 @@ class Ledger:
         sends those readers a second copy; `newsletter runs RUN` lists them."""
         run = self.run(run_id)
         if run.status in (RunStatus.FINISHED, RunStatus.CANCELLED):
-            raise SendError(f"run {run.id} is {run.status.value}; there is nothing to cancel")
+            raise SendError(f"run {run.id} is {run.status.value}; there is nothing to cancel", run_id=run.id)
         self.acquire(run.id, 60.0)  # refuses while another process is sending it
         now = utcnow()
         with self.engine.begin() as conn:

@@ -15,19 +15,21 @@ import random
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
-from .config import Settings
-from .digest import Digest
-from .errors import ProviderError, QuotaExceeded, RateLimited, Rejected, SendError, Unavailable
+from .config import Settings, load_secret_key
+from .digest import Digest, load_digest
+from .errors import (AlreadySent, ProviderError, QuotaExceeded, RateLimited, Rejected, RunUnfinished,
+                     SendError, Unavailable)
 from .ledger import Batch, Ledger, Recipient, Run, RunStatus
 from .links import Links
-from .providers import Message, Provider
+from .providers import Message, Outcome, Provider, make_provider
 from .providers.mime import to_mime
-from .render import Personal, Renderer
-from .subscribers import Subscribers
+from .render import Personal, Renderer, preview_links
+from .subscribers import Subscribers, normalize_email
 
 ALL = "all"  # the variant of readers with no categories: every story
 LEASE_SECONDS = 300.0
@@ -83,6 +85,12 @@ class Plan:
     recipients: list[tuple[int, str]]  # (reader id, variant)
     per_variant: dict[str, int]
     not_due: int  # active readers none of whose categories is in this issue
+    had_it: frozenset[int] = frozenset()  # left out: an earlier, cancelled run delivered to them
+
+    def check_someone_due(self) -> None:
+        """Refuse a run with no one in it."""
+        if not self.recipients:
+            raise SendError("no active reader is due for this issue (see `newsletter subscribers count`)")
 
 
 def plan(digest: Digest, subscribers: Subscribers, had_it: frozenset[int] = frozenset()) -> Plan:
@@ -99,7 +107,7 @@ def plan(digest: Digest, subscribers: Subscribers, had_it: frozenset[int] = froz
             continue
         recipients.append((reader_id, variant))
         per_variant[variant] = per_variant.get(variant, 0) + 1
-    return Plan(recipients, dict(sorted(per_variant.items())), not_due)
+    return Plan(recipients, dict(sorted(per_variant.items())), not_due, had_it)
 
 
 # -- rendering once per variant -----------------------------------------------------------------
@@ -195,13 +203,14 @@ def check_new_run(ledger: Ledger, digest: Digest, *, again: bool = False) -> fro
     if open_runs:
         r = open_runs[-1]
         why = f" ({r.reason})" if r.reason else ""
-        raise SendError(f"run {r.id} of {digest.slug} is {r.status.value}{why}; resume it with "
-                        f"`newsletter resume {r.id}` or end it with `newsletter runs cancel {r.id}`")
+        raise RunUnfinished(f"run {r.id} of {digest.slug} is {r.status.value}{why}; resume it with "
+                            f"`newsletter resume {r.id}` or end it with `newsletter runs cancel {r.id}`",
+                            run_id=r.id)
     finished = [r for r in earlier if r.status == RunStatus.FINISHED]
     if finished and not again:
         r = finished[-1]
-        raise SendError(f"{digest.slug} was already sent (run {r.id}, finished "
-                        f"{r.finished_at:%Y-%m-%d %H:%M} UTC); send it again with --again")
+        raise AlreadySent(f"{digest.slug} was already sent (run {r.id}, finished "
+                          f"{r.finished_at:%Y-%m-%d %H:%M} UTC); send it again with --again", run_id=r.id)
     if again or not earlier:
         return frozenset()
     return ledger.had_it(digest.slug)
@@ -212,8 +221,7 @@ def open_run(ledger: Ledger, digest: Digest, subscribers: Subscribers, provider:
     """A new run of `digest` with a snapshot of who is due (`due`, if already planned)."""
     had_it = check_new_run(ledger, digest, again=again)
     due = due or plan(digest, subscribers, had_it)
-    if not due.recipients:
-        raise SendError("no active reader is due for this issue (see `newsletter subscribers count`)")
+    due.check_someone_due()
     from .archive import record_issue  # archive.py reads variants through this module
 
     source = Path(digest.path).read_bytes()  # read once: the run and the archive hold the same text
@@ -233,10 +241,12 @@ def check_unchanged(run: Run, digest: Digest, settings: Settings) -> None:
     if digest_sha256(digest.path) != run.digest_sha256:
         raise SendError(f"{digest.path} changed since run {run.id} started; restore that version "
                         "to resume (its readers must get what the others got), or end the run with "
-                        f"`newsletter runs cancel {run.id}` and send the new version to the rest")
+                        f"`newsletter runs cancel {run.id}` and send the new version to the rest",
+                        run_id=run.id)
     if run.settings_sha256 and settings_sha256(settings) != run.settings_sha256:
         raise SendError(f"name, sender, reply_to or base_url changed since run {run.id} started; "
-                        f"restore them to resume, or end the run with `newsletter runs cancel {run.id}`")
+                        f"restore them to resume, or end the run with `newsletter runs cancel {run.id}`",
+                        run_id=run.id)
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -284,13 +294,13 @@ class Sender:
     def __init__(self, ledger: Ledger, provider: Provider, composer: Composer, *, rate: float,
                  batch_size: int = 100, max_failures: int = 8, base_delay: float = 0.5,
                  max_delay: float = 30.0, clock: Callable[[], float] = time.monotonic,
-                 jitter: Callable[[], float] = random.random):
+                 jitter: Callable[[], float] = random.random, stop: threading.Event | None = None):
         self.ledger, self.provider, self.composer = ledger, provider, composer
         self.batch_size, self.max_failures = batch_size, max_failures
         self.base_delay, self.max_delay, self.jitter = base_delay, max_delay, jitter
         self.clock = clock
         self.throttle = Throttle(rate, clock=clock)
-        self.stopping = threading.Event()
+        self.stopping = stop if stop is not None else threading.Event()  # set: pause after the batch in flight
         self.failures = 0
         self.run_id: int | None = None  # the run whose lease this sender holds, from send() on
         self.leased_at = 0.0  # when the lease was last taken or renewed (self.clock)
@@ -305,7 +315,9 @@ class Sender:
         run = self.ledger.run(run.id)  # as it is now that no one else can change it (a cancel takes the lease)
         if run.status in (RunStatus.FINISHED, RunStatus.CANCELLED):
             self.ledger.release(run.id)
-            raise SendError(f"run {run.id} is {run.status.value}; send the issue again with `newsletter send`")
+            error = AlreadySent if run.status == RunStatus.FINISHED else SendError
+            raise error(f"run {run.id} is {run.status.value}; send the issue again with `newsletter send`",
+                        run_id=run.id)
         self.run_id, self.leased_at = run.id, self.clock()
         counts = self.ledger.counts(run.id)
         progress = Progress(total=sum(counts.values()), sent=counts["sent"], failed=counts["failed"],
@@ -402,3 +414,103 @@ class Sender:
         delay = min(self.max_delay, self.base_delay * 2 ** (self.failures - 1))
         self.throttle.defer(delay * (0.5 + self.jitter() / 2))  # jitter: never in lockstep
         return False
+
+
+# -- the workflow: what `newsletter send` and `resume`, a scheduler and workers all call ---------
+
+def plan_run(digest: Digest, subscribers: Subscribers, ledger: Ledger | None = None, *,
+             again: bool = False) -> Plan:
+    """Who a new run of `digest` is for. With a ledger, first the checks a run must pass
+    (AlreadySent, RunUnfinished), and the readers a cancelled run reached are left out; without
+    one (a dry run, test copies), everyone due."""
+    had_it = check_new_run(ledger, digest, again=again) if ledger is not None else frozenset()
+    return plan(digest, subscribers, had_it)
+
+
+def prepare_variants(settings: Settings, digest: Digest, due: Plan) -> dict[str, Variant]:
+    """Every variant the readers of `due` need, rendered and built into a message (see `prepare`)."""
+    return prepare(Renderer(settings), digest, settings, sorted(due.per_variant) or [ALL])
+
+
+def start_run(settings: Settings, digest: Digest, subscribers: Subscribers, ledger: Ledger, *,
+              again: bool = False, provider: str | None = None, due: Plan | None = None,
+              variants: dict[str, Variant] | None = None) -> tuple[Run, dict[str, Variant], Plan]:
+    """Open a run of `digest` for the provider named `provider` (the settings' by default).
+
+    `due` and `variants`, from `plan_run` and `prepare_variants`, spare planning and rendering
+    again when the caller showed them first; the checks run again either way, right before the
+    run is created. Every variant is prepared before the run exists."""
+    due = due or plan_run(digest, subscribers, ledger, again=again)
+    variants = variants if variants is not None else prepare_variants(settings, digest, due)
+    run, due = open_run(ledger, digest, subscribers, provider or settings.provider or "outbox", settings,
+                        again=again, due=due)
+    return run, variants, due
+
+
+def reopen_run(settings: Settings, ledger: Ledger, run_id: int) -> tuple[Run, Digest, dict[str, Variant]]:
+    """A run to resume, with its digest and variants: refused if it is over (AlreadySent, or
+    cancelled), unknown (RunNotFound), or if its digest or sender settings changed."""
+    run = ledger.run(run_id)
+    if run.status == RunStatus.FINISHED:
+        raise AlreadySent(f"run {run.id} is finished; to send {run.issue} again use `newsletter send --again`",
+                          run_id=run.id)
+    if run.status == RunStatus.CANCELLED:
+        raise SendError(f"run {run.id} was cancelled; `newsletter send` sends {run.issue} to the readers "
+                        "it did not reach", run_id=run.id)
+    digest = load_digest(run.digest_path, settings)
+    check_unchanged(run, digest, settings)
+    return run, digest, prepare(Renderer(settings), digest, settings, ledger.variants(run.id))
+
+
+def deliver(settings: Settings, ledger: Ledger, run: Run, digest: Digest, variants: dict[str, Variant], *,
+            provider: Provider | None = None, on_progress: Callable[[Progress], None] | None = None,
+            stop: threading.Event | None = None) -> Run:
+    """Send what is left of `run`; return it as it ends: finished, paused (with its reason), or
+    still sending (another process took it over).
+
+    Without `provider`, the settings' one, closed at the end; a provider passed in stays open,
+    its caller's to close. Setting `stop` pauses the run after the batch in flight."""
+    own = provider is None
+    provider = make_provider(settings) if own else provider
+    try:
+        if provider.name != run.provider:  # a batch sent again must go where it went before
+            raise SendError(f"run {run.id} was started with {run.provider}; the settings now say "
+                            f"{provider.name}", run_id=run.id)
+        composer = Composer(settings, digest, variants, view_key=load_secret_key(settings))
+        sender = Sender(ledger, provider, composer, rate=settings.send_rate, batch_size=settings.batch_size,
+                        max_failures=settings.max_failures, stop=stop)
+        return sender.send(run, on_progress)
+    finally:
+        if own:
+            provider.close()
+
+
+def resume(settings: Settings, ledger: Ledger, run_id: int, *, provider: Provider | None = None,
+           on_progress: Callable[[Progress], None] | None = None,
+           stop: threading.Event | None = None) -> Run:
+    """Go on with run `run_id` after a pause or a crash (`reopen_run`, then `deliver`)."""
+    run, digest, variants = reopen_run(settings, ledger, run_id)
+    return deliver(settings, ledger, run, digest, variants, provider=provider, on_progress=on_progress,
+                   stop=stop)
+
+
+def send_test_copies(settings: Settings, digest: Digest, variants: dict[str, Variant],
+                     addresses: Iterable[str], provider: Provider) -> Iterator[tuple[Message, Outcome]]:
+    """One copy of each variant to each address, outside the ledger, with sample reader links and
+    the subject prefixed `[test: variant]`; what the provider said of each, batch by batch."""
+    links = preview_links(settings, digest)
+    list_id = Composer(settings, digest, variants).list_id
+    batch_id = uuid.uuid4().hex[:12]
+    messages = []
+    for address in (normalize_email(a) for a in addresses):
+        for key, variant in variants.items():
+            messages.append(Message(
+                key=f"test-{batch_id}-{len(messages)}", to=address, sender=settings.sender,
+                reply_to=settings.reply_to, subject=f"[test: {key}] {digest.title}",
+                html=variant.html.fill(links), text=variant.text.fill(links),
+                headers={"List-Unsubscribe": f"<{links['unsubscribe_url']}>",
+                         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "List-Id": list_id},
+                tags={"issue": digest.slug, "variant": key, "test": "yes"}))
+    for start in range(0, len(messages), settings.batch_size):
+        chunk = messages[start:start + settings.batch_size]
+        yield from zip(chunk, provider.send(chunk, f"test-{batch_id}-{start}").outcomes)

@@ -1,0 +1,187 @@
+"""Sending as a library: what a scheduler calls, with no CLI around it, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from email import message_from_bytes, policy
+
+import pytest
+
+from newsletter import send
+from newsletter.digest import load_digest
+from newsletter.errors import AlreadySent, RunBusy, RunNotFound, RunUnfinished, SendError
+from newsletter.ledger import Ledger, RunStatus
+from newsletter.providers.outbox import OutboxProvider
+from newsletter.subscribers import Consent, ConsentMethod
+
+from .conftest import EXAMPLE
+
+CATEGORY_SETS = [(), ("ai-tech",), ("essays",), ("ai-research", "ai-tech")]
+
+
+@pytest.fixture
+def lib_settings(settings, tmp_path, monkeypatch):
+    """The outbox, batches of 3, no waiting, and a key file of the test's own."""
+    monkeypatch.delenv("NEWSLETTER_SECRET_KEY", raising=False)
+    return settings.with_overrides(provider=None, outbox_dir=tmp_path / "outbox", batch_size=3,
+                                   send_rate=1000.0, secret_key_file=tmp_path / "newsletter.key")
+
+
+@pytest.fixture
+def emails(subs):
+    added = [f"lib{i}@example.com" for i in range(8)]
+    for i, email in enumerate(added):
+        subs.add(email, categories=CATEGORY_SETS[i % len(CATEGORY_SETS)], consent=Consent(ConsentMethod.CLI))
+    return added
+
+
+def outbox(settings) -> Counter:
+    """How many messages each address got in the outbox."""
+    files = settings.outbox_dir.glob("*.eml") if settings.outbox_dir.exists() else []
+    return Counter(message_from_bytes(p.read_bytes(), policy=policy.default)["To"] for p in files)
+
+
+def start(settings, subs, digest_path=EXAMPLE, **options):
+    digest = load_digest(digest_path, settings)
+    ledger = Ledger(subs.engine)
+    run, variants, due = send.start_run(settings, digest, subs, ledger, **options)
+    return digest, ledger, run, variants, due
+
+
+def test_start_and_deliver_to_the_outbox(lib_settings, subs, emails):
+    digest, ledger, run, variants, due = start(lib_settings, subs)
+    assert run.status == RunStatus.SENDING and run.provider == "outbox"
+    assert len(due.recipients) == len(emails) and sorted(variants) == sorted(due.per_variant)
+    assert outbox(lib_settings) == Counter(), "starting a run sends nothing"
+
+    run = send.deliver(lib_settings, ledger, run, digest, variants)
+    assert run.status == RunStatus.FINISHED
+    assert ledger.counts(run.id)["sent"] == len(emails)
+    assert outbox(lib_settings) == Counter({email: 1 for email in emails})
+    assert (lib_settings.secret_key_file).exists(), "view links are signed with the settings' key"
+
+
+def test_an_issue_already_sent(lib_settings, subs, emails):
+    digest, ledger, run, variants, _ = start(lib_settings, subs)
+    send.deliver(lib_settings, ledger, run, digest, variants)
+    with pytest.raises(AlreadySent, match=rf"{digest.slug} was already sent \(run {run.id}, finished") as e:
+        start(lib_settings, subs)
+    assert e.value.run_id == run.id
+    with pytest.raises(AlreadySent, match=f"run {run.id} is finished") as e:
+        send.resume(lib_settings, ledger, run.id)
+    assert e.value.run_id == run.id
+    _, _, again, _, _ = start(lib_settings, subs, again=True)
+    assert again.id != run.id and again.status == RunStatus.SENDING
+
+
+def test_an_unfinished_run_of_the_issue(lib_settings, subs, emails):
+    _, ledger, first, _, _ = start(lib_settings, subs)
+    for again in (False, True):
+        with pytest.raises(RunUnfinished, match=f"run {first.id} of .* is sending") as e:
+            start(lib_settings, subs, again=again)
+        assert e.value.run_id == first.id
+    assert [r.id for r in ledger.runs()] == [first.id]
+
+
+def test_two_runs_created_at_once_name_the_one_that_won(lib_settings, subs, emails):
+    """Past the checks, only the database refuses the second run: the error still names the first."""
+    digest, ledger, first, _, _ = start(lib_settings, subs)
+    with pytest.raises(RunUnfinished, match="was started at the same moment") as e:
+        ledger.create_run(issue=digest.slug, digest_path="x", digest_sha256="x", settings_sha256="x",
+                          subject="s", provider="outbox", recipients=[(1, "all")])
+    assert e.value.run_id == first.id
+
+
+def test_a_run_another_process_is_sending(lib_settings, subs, emails):
+    digest, ledger, run, variants, _ = start(lib_settings, subs)
+    elsewhere = Ledger(subs.engine)
+    elsewhere.owner = "another-host:4242"  # alive, on another machine: its lease must be respected
+    elsewhere.acquire(run.id, 300)
+    with pytest.raises(RunBusy, match=f"run {run.id} is being sent by another-host:4242") as e:
+        send.resume(lib_settings, ledger, run.id)
+    assert e.value.run_id == run.id
+    with pytest.raises(RunBusy) as e:
+        send.deliver(lib_settings, ledger, run, digest, variants)
+    assert e.value.run_id == run.id
+    assert outbox(lib_settings) == Counter()
+    assert ledger.counts(run.id)["queued"] == len(emails)
+
+
+def test_a_run_that_does_not_exist(lib_settings, subs, emails):
+    ledger = Ledger(subs.engine)
+    with pytest.raises(RunNotFound) as e:
+        send.resume(lib_settings, ledger, 99)
+    assert str(e.value) == "there is no send run 99 (see `newsletter runs`)" and e.value.run_id == 99
+
+
+def test_stop_pauses_after_the_batch_in_flight_and_resume_finishes(lib_settings, subs, emails):
+    digest, ledger, run, variants, _ = start(lib_settings, subs)
+    stop = threading.Event()
+    seen = []
+
+    def on_progress(progress):
+        seen.append(progress.done)
+        stop.set()  # as a signal handler or a scheduler's shutdown would
+
+    run = send.deliver(lib_settings, ledger, run, digest, variants, on_progress=on_progress, stop=stop)
+    assert run.status == RunStatus.PAUSED and run.reason == "paused by the user"
+    assert seen == [3] and sum(outbox(lib_settings).values()) == 3, "one batch, then the pause"
+
+    progress = []
+    run = send.resume(lib_settings, Ledger(subs.engine), run.id, on_progress=lambda p: progress.append(p.done))
+    assert run.status == RunStatus.FINISHED
+    assert progress == [6, 8]
+    assert outbox(lib_settings) == Counter({email: 1 for email in emails})
+
+
+def test_resume_refuses_a_changed_digest(lib_settings, subs, emails, tmp_path):
+    copy = tmp_path / EXAMPLE.name
+    copy.write_text(EXAMPLE.read_text())
+    _, ledger, run, _, _ = start(lib_settings, subs, copy)
+    copy.write_text(EXAMPLE.read_text().replace("Corrections are always welcome.", "Corrections welcome."))
+    with pytest.raises(SendError, match=f"changed since run {run.id} started") as e:
+        send.resume(lib_settings, ledger, run.id)
+    assert e.value.run_id == run.id
+    assert outbox(lib_settings) == Counter() and ledger.counts(run.id)["queued"] == len(emails)
+    copy.write_text(EXAMPLE.read_text())
+    assert send.resume(lib_settings, ledger, run.id).status == RunStatus.FINISHED
+
+
+class Watched(OutboxProvider):
+    """The outbox, noting whether it was closed."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+def test_the_provider_is_closed_by_whoever_made_it(lib_settings, subs, emails, monkeypatch):
+    digest, ledger, run, variants, _ = start(lib_settings, subs)
+    made = []
+    monkeypatch.setattr(send, "make_provider", lambda settings: made.append(Watched(settings.outbox_dir))
+                        or made[-1])
+    elsewhere = Ledger(subs.engine)
+    elsewhere.owner = "another-host:4242"
+    elsewhere.acquire(run.id, 300)
+    with pytest.raises(RunBusy):
+        send.deliver(lib_settings, ledger, run, digest, variants)
+    assert made[-1].closed, "made by deliver: closed, even when the send fails"
+    elsewhere.release(run.id)
+
+    mine = Watched(lib_settings.outbox_dir)
+    assert send.deliver(lib_settings, ledger, run, digest, variants, provider=mine).status == RunStatus.FINISHED
+    assert not mine.closed, "passed in: the caller's to close"
+
+
+def test_a_run_goes_on_only_with_its_own_provider(lib_settings, subs, emails):
+    digest, ledger, run, variants, _ = start(lib_settings, subs)
+
+    class Elsewhere(Watched):
+        name = "smtp"
+
+    with pytest.raises(SendError, match=f"run {run.id} was started with outbox; the settings now say smtp"):
+        send.deliver(lib_settings, ledger, run, digest, variants, provider=Elsewhere(lib_settings.outbox_dir))
+    assert outbox(lib_settings) == Counter()
