@@ -187,6 +187,15 @@ class IssueRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class ScheduledJobRow(Base):
+    """APScheduler 3's SQLAlchemy job store (its own layout): the schedules (see schedule.py)."""
+
+    __tablename__ = "apscheduler_jobs"
+    id: Mapped[str] = mapped_column(sa.Unicode(191), primary_key=True)
+    next_run_time: Mapped[float | None] = mapped_column(sa.Float(25), index=True)
+    job_state: Mapped[bytes] = mapped_column(sa.LargeBinary)
+
+
 readers = ReaderRow.__table__
 categories = CategoryRow.__table__
 reader_categories = ReaderCategoryRow.__table__
@@ -197,6 +206,7 @@ deliveries = DeliveryRow.__table__
 signups = SignupRow.__table__
 rate_limits = RateLimitRow.__table__
 issues = IssueRow.__table__
+scheduled_jobs = ScheduledJobRow.__table__
 
 
 def create_engine(url: str, *, create: bool = True) -> Engine:

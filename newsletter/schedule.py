@@ -1,0 +1,267 @@
+"""Schedules: when the weekly send and one-off sends happen, kept in APScheduler 3's SQLAlchemy job
+store in the readers' database, so they survive restarts and every process sees the same ones.
+
+    weekly     every week on a day, at a local time in an IANA zone (08:00 stays 08:00 local
+               across daylight-saving changes): sends the digests that are due (`due.py`)
+    once-...   one digest file at one moment
+
+The jobs name their work by reference (`newsletter.schedule:run_weekly`, `run_once`); the
+scheduler process (`newsletter scheduler`) runs them. Declared in newsletter.toml
+(`[schedule] weekly = "mon 08:00 Europe/Berlin"`), the weekly schedule is the file's: the
+command line cannot change it, and the scheduler writes it to the store at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.engine import Engine
+
+from .errors import NewsletterError
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+WEEKLY = "weekly"
+TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+RUN_WEEKLY = "newsletter.schedule:run_weekly"
+RUN_ONCE = "newsletter.schedule:run_once"
+
+
+class ScheduleError(NewsletterError):
+    pass
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError(f"unknown time zone {name!r} (an IANA name like Europe/Berlin or "
+                            "America/New_York)") from None
+
+
+def weekly_trigger(day: str, time: str, tz: str):
+    """Every `day` (mon..sun) at `time` (HH:MM) local time in `tz`."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    day = day.strip().lower()[:3]
+    if day not in DAYS:
+        raise ScheduleError(f"day must be one of {', '.join(DAYS)}, got {day!r}")
+    match = TIME_RE.match(time.strip())
+    if match is None:
+        raise ScheduleError(f"time must be HH:MM (24-hour), got {time!r}")
+    return CronTrigger(day_of_week=day, hour=int(match.group(1)), minute=int(match.group(2)),
+                       timezone=zone(tz))
+
+
+def parse_weekly(text: str):
+    """`mon 08:00 Europe/Berlin`, as newsletter.toml writes it."""
+    parts = text.split()
+    if len(parts) != 3:
+        raise ScheduleError(f"a weekly schedule is 'DAY HH:MM ZONE', like 'mon 08:00 Europe/Berlin', "
+                            f"got {text!r}")
+    return weekly_trigger(*parts)
+
+
+def once_trigger(at: str, tz: str):
+    """At `at` (YYYY-MM-DD HH:MM) local time in `tz`."""
+    from apscheduler.triggers.date import DateTrigger
+
+    try:
+        moment = dt.datetime.fromisoformat(at.strip())
+    except ValueError:
+        raise ScheduleError(f"--at must be 'YYYY-MM-DD HH:MM', got {at!r}") from None
+    if moment.tzinfo is not None:
+        raise ScheduleError("give --at as a local time and the zone with --tz")
+    return DateTrigger(run_date=moment.replace(tzinfo=zone(tz)))
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A schedule as `schedule list` shows it."""
+
+    id: str
+    what: str
+    next_run: dt.datetime | None  # in the schedule's own zone; None: paused
+    paused: bool
+
+    @property
+    def next_run_utc(self) -> dt.datetime | None:
+        return self.next_run.astimezone(dt.timezone.utc) if self.next_run else None
+
+
+class Schedules:
+    """The schedules in the readers' database (APScheduler's job store on `engine`)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @contextlib.contextmanager
+    def _scheduler(self) -> Iterator:
+        """A scheduler that never runs a job: started paused, so changes reach the store at once."""
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(engine=self.engine)},
+                                        timezone=dt.timezone.utc)
+        scheduler.start(paused=True)
+        try:
+            yield scheduler
+        finally:
+            scheduler.shutdown(wait=False)
+
+    def set_weekly(self, trigger) -> Scheduled:
+        with self._scheduler() as scheduler:
+            job = scheduler.add_job(RUN_WEEKLY, trigger, args=[str(trigger.timezone)], id=WEEKLY,
+                                    name="the due digests of digests_dir",
+                                    replace_existing=True, coalesce=True)
+            return _scheduled(job)
+
+    def add_once(self, file: Path, trigger) -> Scheduled:
+        path = file.resolve()
+        moment = trigger.run_date.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M")
+        job_id = f"once-{path.stem[:120]}-{moment}-{hashlib.sha256(str(path).encode()).hexdigest()[:6]}"
+        with self._scheduler() as scheduler:
+            job = scheduler.add_job(RUN_ONCE, trigger, args=[str(path)], id=job_id, name=str(path),
+                                    replace_existing=True)
+            return _scheduled(job)
+
+    def list(self) -> list[Scheduled]:
+        with self._scheduler() as scheduler:
+            return [_scheduled(job) for job in scheduler.get_jobs()]
+
+    def remove(self, job_id: str) -> None:
+        with self._scheduler() as scheduler:
+            self._job(scheduler, job_id)
+            scheduler.remove_job(job_id)
+
+    def pause(self, job_id: str) -> Scheduled:
+        with self._scheduler() as scheduler:
+            self._job(scheduler, job_id)
+            return _scheduled(scheduler.pause_job(job_id))
+
+    def resume(self, job_id: str) -> Scheduled:
+        with self._scheduler() as scheduler:
+            self._job(scheduler, job_id)
+            return _scheduled(scheduler.resume_job(job_id))
+
+    @staticmethod
+    def _job(scheduler, job_id: str):
+        job = scheduler.get_job(job_id)
+        if job is None:
+            raise ScheduleError(f"there is no schedule {job_id!r} (see `newsletter schedule list`)")
+        return job
+
+
+def _scheduled(job) -> Scheduled:
+    paused = job.next_run_time is None
+    zone_of = getattr(job.trigger, "timezone", None)
+    next_run = job.next_run_time.astimezone(zone_of) if job.next_run_time and zone_of else job.next_run_time
+    what = "the due digests of digests_dir" if job.id == WEEKLY else f"{Path(job.args[0]).name}"
+    return Scheduled(job.id, what, next_run, paused)
+
+
+# -- what the schedules send ----------------------------------------------------------------------
+
+STOP = threading.Event()  # set by the scheduler process on SIGTERM: a send pauses after its batch
+log = logging.getLogger("newsletter.schedule")
+
+
+@dataclass
+class DueReport:
+    """One pass of `send_due`: the runs it made, as they ended, and what it could not send."""
+
+    runs: list = field(default_factory=list)  # (run, counts per delivery state)
+    failed: list[str] = field(default_factory=list)  # one line each: file (and line), what is wrong
+    nothing_ready: bool = False
+
+
+def send_due(settings, subscribers, ledger, *, today: dt.date, stop: threading.Event | None = None) -> DueReport:
+    """Send every digest that is due on `today` (`due.find_due`), oldest first, each through the
+    same library send as `newsletter send`: one run each, exactly once. A digest that fails its
+    checks, or cannot start a run, is reported and the others still go."""
+    from .due import find_due
+
+    report = DueReport()
+    found = find_due(settings, ledger, today)
+    for problem in found.failed:
+        log.error("not sent: %s", problem)
+        report.failed.append(str(problem))
+    for slug in found.unfinished:
+        log.info("%s has an unfinished run: it is resumed, never started again", slug)
+    if not found.due:
+        report.nothing_ready = not report.failed
+        log.info("nothing ready to send on %s in %s", today.isoformat(), settings.digests_dir)
+        return report
+    send_digests(settings, subscribers, ledger, found.due, report, stop=stop)
+    return report
+
+
+def send_digests(settings, subscribers, ledger, digests, report: DueReport, *,
+                 stop: threading.Event | None = None) -> None:
+    """A run for each digest, delivered in turn; failures to start one go into `report`."""
+    from .providers import make_provider
+    from .send import deliver, start_run
+
+    provider = make_provider(settings)  # before any run: a missing key opens no run
+    try:
+        for digest in digests:
+            if stop is not None and stop.is_set():
+                break
+            try:
+                run, variants, due = start_run(settings, digest, subscribers, ledger, provider=provider.name)
+            except NewsletterError as e:
+                log.error("not sent: %s: %s", digest.path, e)
+                report.failed.append(f"{digest.path}: {e}")
+                continue
+            log.info("sending %s: run %d, %d readers", digest.slug, run.id, len(due.recipients))
+            run = deliver(settings, ledger, run, digest, variants, provider=provider, stop=stop)
+            log.info("run %d of %s: %s%s", run.id, digest.slug, run.status.value,
+                     f" ({run.reason})" if run.reason else "")
+            report.runs.append((run, ledger.counts(run.id)))
+    finally:
+        provider.close()
+
+
+@contextlib.contextmanager
+def _store() -> Iterator:
+    """The settings and the database, as the scheduler's environment names them."""
+    from .config import load_settings
+    from .ledger import Ledger
+    from .subscribers import Subscribers
+
+    settings = load_settings()
+    subscribers = Subscribers.from_settings(settings, migrate=False, create=False)
+    try:
+        yield settings, subscribers, Ledger(subscribers.engine)
+    finally:
+        subscribers.close()
+
+
+def run_weekly(tz: str) -> DueReport:
+    """The weekly job: the digests due today in the schedule's zone."""
+    with _store() as (settings, subscribers, ledger):
+        return send_due(settings, subscribers, ledger, today=dt.datetime.now(zone(tz)).date(), stop=STOP)
+
+
+def run_once(path: str) -> DueReport:
+    """A one-off job: the digest at `path`, checked as `newsletter send` checks it."""
+    from .digest import load_digest
+
+    report = DueReport()
+    with _store() as (settings, subscribers, ledger):
+        try:
+            digest = load_digest(path, settings)
+        except NewsletterError as e:
+            log.error("not sent: %s", e)
+            report.failed.append(str(e))
+            return report
+        send_digests(settings, subscribers, ledger, [digest], report, stop=STOP)
+    return report

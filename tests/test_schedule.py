@@ -1,0 +1,136 @@
+"""Schedules in the database and the pass that sends what is due."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from newsletter.schedule import ScheduleError, Schedules, once_trigger, parse_weekly, weekly_trigger
+from newsletter.subscribers import Consent, ConsentMethod, Subscribers
+
+from .conftest import EXAMPLE
+
+UTC = dt.timezone.utc
+
+
+def fires(trigger, after: dt.datetime, count: int) -> list[dt.datetime]:
+    """The next `count` fire times after `after`, computed by the trigger itself (no clock)."""
+    times, previous, now = [], None, after
+    for _ in range(count):
+        previous = trigger.get_next_fire_time(previous, now)
+        times.append(previous)
+        now = previous
+    return times
+
+
+@pytest.mark.parametrize("tz, spring, autumn", [
+    ("Europe/Berlin", dt.date(2026, 3, 29), dt.date(2026, 10, 25)),
+    ("America/New_York", dt.date(2026, 3, 8), dt.date(2026, 11, 1)),
+])
+def test_08_00_local_stays_08_00_local_across_daylight_saving(tz, spring, autumn):
+    zone = ZoneInfo(tz)
+    trigger = weekly_trigger("mon", "08:00", tz)
+    for change in (spring, autumn):
+        start = dt.datetime.combine(change - dt.timedelta(days=10), dt.time(9), zone)
+        times = fires(trigger, start, 3)
+        assert [t.astimezone(zone).strftime("%a %H:%M") for t in times] == ["Mon 08:00"] * 3
+        offsets = {t.astimezone(zone).utcoffset() for t in times}
+        assert len(offsets) == 2, f"the UTC time moves with the clocks around {change}"
+    sunday = weekly_trigger("sun", "02:30", "Europe/Berlin")  # a time that does not exist once a year
+    (first,) = fires(sunday, dt.datetime(2026, 3, 28, 12, tzinfo=UTC), 1)
+    assert first.astimezone(UTC) < dt.datetime(2026, 3, 30, tzinfo=UTC), "the skipped hour still sends that day"
+
+
+def test_bad_schedules_are_one_line_errors():
+    for args, message in [(("mon", "25:00", "UTC"), "HH:MM"), (("someday", "08:00", "UTC"), "day must be"),
+                          (("mon", "08:00", "Mars/Olympus"), "unknown time zone")]:
+        with pytest.raises(ScheduleError, match=message):
+            weekly_trigger(*args)
+    with pytest.raises(ScheduleError, match="DAY HH:MM ZONE"):
+        parse_weekly("monday 8am")
+    with pytest.raises(ScheduleError, match="YYYY-MM-DD HH:MM"):
+        once_trigger("next tuesday", "UTC")
+
+
+def test_schedules_survive_a_restart_and_can_be_paused_and_removed(db_url, session_settings, tmp_path):
+    subs = Subscribers.open(db_url, session_settings.categories)
+    Schedules(subs.engine).set_weekly(weekly_trigger("fri", "07:30", "America/New_York"))
+    Schedules(subs.engine).add_once(EXAMPLE, once_trigger("2030-01-02 09:00", "Europe/Berlin"))
+    subs.close()
+
+    again = Subscribers.open(db_url, session_settings.categories)  # a new process, as after a restart
+    schedules = Schedules(again.engine)
+    listed = {item.id: item for item in schedules.list()}
+    assert set(listed) >= {"weekly"} and len(listed) == 2
+    weekly = listed["weekly"]
+    assert weekly.next_run.strftime("%a %H:%M") == "Fri 07:30" and str(weekly.next_run.tzinfo) == "America/New_York"
+    once = next(item for item in listed.values() if item.id != "weekly")
+    assert once.what == EXAMPLE.name
+    assert once.next_run_utc == dt.datetime(2030, 1, 2, 8, 0, tzinfo=UTC)
+
+    assert schedules.pause("weekly").paused
+    assert [i.paused for i in Schedules(again.engine).list() if i.id == "weekly"] == [True]
+    assert not schedules.resume("weekly").paused
+    schedules.remove(once.id)
+    assert [item.id for item in schedules.list()] == ["weekly"]
+    with pytest.raises(ScheduleError, match="no schedule 'nope'"):
+        schedules.remove("nope")
+    again.close()
+
+
+def test_schedule_weekly_then_list_shows_the_next_monday_in_berlin_and_in_utc(run, monkeypatch, tmp_path):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'subscribers.db'}")
+    assert run("db", "upgrade").code == 0
+    added = run("schedule", "weekly", "--day", "mon", "--time", "08:00", "--tz", "Europe/Berlin")
+    assert added.code == 0, added.err
+    listed = run("schedule", "list")
+    berlin = ZoneInfo("Europe/Berlin")
+    now = dt.datetime.now(berlin)
+    monday = now.date() + dt.timedelta(days=(7 - now.weekday()) % 7 or (7 if now.hour >= 8 else 0))
+    expected = dt.datetime.combine(monday, dt.time(8), berlin)
+    assert f"weekly: the due digests of digests_dir, next Mon {monday:%Y-%m-%d} 08:00" in listed.out
+    assert f"({expected.astimezone(UTC):%H:%M} UTC)" in listed.out
+    if now.month in (11, 12, 1, 2):  # winter time: Berlin is UTC+1
+        assert "(07:00 UTC)" in listed.out
+    bad = run("schedule", "weekly", "--day", "mon", "--time", "8 o'clock", "--tz", "Europe/Berlin")
+    assert bad.code == 1 and bad.err.startswith("error: time must be HH:MM")
+
+
+# -- send-due -------------------------------------------------------------------------------------
+
+def ready_copy(folder, name: str, date: str, *, extra: str = "") -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    text = re.sub(r"^date: .*$", f"date: {date}\nstatus: ready", text, count=1, flags=re.M)
+    (folder / f"{name}.md").write_text(text + extra, encoding="utf-8")
+
+
+def test_send_due_sends_what_is_due_once_and_reports_what_it_cannot(run, monkeypatch, tmp_path, db_url,
+                                                                   session_settings):
+    digests = tmp_path / "digests"
+    digests.mkdir()
+    ready_copy(digests, "2026-01-05-first", "2026-01-05")
+    ready_copy(digests, "2026-01-12-second", "2026-01-12")
+    ready_copy(digests, "2026-01-19-broken", "2026-01-19", extra="\nSee [^undefined-note].\n")
+    ready_copy(digests, "2999-01-01-future", "2999-01-01")
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", db_url)
+    monkeypatch.setenv("NEWSLETTER_DIGESTS_DIR", str(digests))
+    monkeypatch.setenv("NEWSLETTER_OUTBOX_DIR", str(tmp_path / "outbox"))
+    subs = Subscribers.open(db_url, session_settings.categories)
+    for i in range(3):
+        subs.add(f"d{i}@example.com", consent=Consent(ConsentMethod.CLI))
+    subs.close()
+
+    first = run("send-due")
+    assert first.code == 1  # one digest could not go: said, and the exit status says so
+    assert "2026-01-19-broken.md:" in first.err and "undefined-note" in first.err
+    assert "run 1 of 2026-01-05-first: finished" in first.out and "run 2 of 2026-01-12-second: finished" in first.out
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 6
+
+    (digests / "2026-01-19-broken.md").unlink()
+    second = run("send-due")
+    assert second.code == 0, second.err
+    assert "nothing ready to send" in second.out and "run " not in second.out
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 6
