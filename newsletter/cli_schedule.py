@@ -101,3 +101,26 @@ def send_due_(app: App) -> None:
     if report.failed:
         click.echo(f"{plural(len(report.failed), 'digest')} not sent", err=True)
         raise SystemExit(ExitCode.ERROR)
+
+
+@cli.command()
+@pass_app
+def scheduler(app: App) -> None:
+    """Run the schedules in the foreground (what a service manager keeps alive); SIGTERM or
+    Ctrl-C stops it, pausing a send in flight after its current batch."""
+    import logging
+    import signal
+    import sys
+    import threading
+
+    from .schedule import run_scheduler
+
+    settings, engine = app.settings, app.subscribers.engine
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    done = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: done.set())
+    click.echo(f"scheduler running for {settings.name} (stop with Ctrl-C or SIGTERM)", err=True)
+    run_scheduler(settings, engine, done)

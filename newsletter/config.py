@@ -68,6 +68,8 @@ class Settings:
     confirm_hours: int = 48  # how long a signup's confirmation link works
     signups_per_ip_hour: int = 5  # signup requests one IP address may make per hour
     confirmations_per_day: int = 3  # confirmation emails one address may be sent per day
+    # The scheduler (`newsletter scheduler`)
+    misfire_grace_hours: int = 6  # a scheduled send late by more than this is skipped, not sent
     config_path: Path | None = field(default=None, compare=False)
 
     def category(self, slug: str) -> Category | None:
@@ -108,6 +110,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "confirm_hours": ("NEWSLETTER_CONFIRM_HOURS", "count:1,720"),
     "signups_per_ip_hour": ("NEWSLETTER_SIGNUPS_PER_IP_HOUR", "count:1,100000"),
     "confirmations_per_day": ("NEWSLETTER_CONFIRMATIONS_PER_DAY", "count:1,100"),
+    "misfire_grace_hours": ("NEWSLETTER_MISFIRE_GRACE_HOURS", "count:0,168"),
 }
 REQUIRED = ("name", "sender", "base_url", "postal_address")
 PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out", "outbox_dir": "outbox",

@@ -109,8 +109,12 @@ class Schedules:
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        scheduler = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(engine=self.engine)},
-                                        timezone=dt.timezone.utc)
+        class Editor(BackgroundScheduler):
+            def _process_jobs(self):  # never runs a job, even in the moment it shuts down
+                return None
+
+        scheduler = Editor(jobstores={"default": SQLAlchemyJobStore(engine=self.engine)},
+                           timezone=dt.timezone.utc)
         scheduler.start(paused=True)
         try:
             yield scheduler
@@ -171,6 +175,7 @@ def _scheduled(job) -> Scheduled:
 # -- what the schedules send ----------------------------------------------------------------------
 
 STOP = threading.Event()  # set by the scheduler process on SIGTERM: a send pauses after its batch
+SETTINGS: dict = {}  # the scheduler's settings (`--config` included), for the jobs it runs
 log = logging.getLogger("newsletter.schedule")
 
 
@@ -237,7 +242,7 @@ def _store() -> Iterator:
     from .ledger import Ledger
     from .subscribers import Subscribers
 
-    settings = load_settings()
+    settings = SETTINGS.get("current") or load_settings()
     subscribers = Subscribers.from_settings(settings, migrate=False, create=False)
     try:
         yield settings, subscribers, Ledger(subscribers.engine)
@@ -265,3 +270,67 @@ def run_once(path: str) -> DueReport:
             return report
         send_digests(settings, subscribers, ledger, [digest], report, stop=STOP)
     return report
+
+
+# -- the scheduler process ----------------------------------------------------------------------
+
+def run_scheduler(settings, engine, done: threading.Event) -> None:
+    """Run the schedules until `done` is set (SIGTERM, SIGINT): first resume every run a stopped
+    process left sending, then fire each job when it is due. A job late by less than
+    `misfire_grace_hours` still runs; later, it is skipped and logged; missed runs of one job
+    coalesce into one. Stopping pauses a send after the batch in flight."""
+    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    STOP.clear()
+    SETTINGS["current"] = settings
+    resume_interrupted(settings, engine)
+    grace = max(1, settings.misfire_grace_hours * 3600)
+    scheduler = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(engine=engine)},
+                                    timezone=dt.timezone.utc,
+                                    job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": grace})
+
+    def report(event) -> None:
+        if event.code == EVENT_JOB_MISSED:
+            log.warning("skipped %s: it was due at %s, more than %d hours ago", event.job_id,
+                        event.scheduled_run_time.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                        settings.misfire_grace_hours)
+        elif event.code == EVENT_JOB_ERROR:
+            log.error("%s failed: %s", event.job_id, event.exception)
+        else:
+            log.info("%s done", event.job_id)
+
+    scheduler.add_listener(report, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+    scheduler.start(paused=True)
+    for job in scheduler.get_jobs():  # today's grace and coalescing, whatever the job was stored with
+        job.modify(misfire_grace_time=grace, coalesce=True)
+        log.info("schedule %s: next %s", job.id, job.next_run_time.isoformat() if job.next_run_time else "paused")
+    scheduler.resume()
+    try:
+        done.wait()
+    finally:
+        STOP.set()  # a send in flight pauses after its batch
+        scheduler.shutdown(wait=True)
+        log.info("scheduler stopped")
+
+
+def resume_interrupted(settings, engine) -> None:
+    """Resume every run left `sending` by a process that stopped (crashed, killed, restarted);
+    a run another process holds is its own to finish."""
+    from .errors import RunBusy
+    from .ledger import Ledger, RunStatus
+    from .send import resume
+
+    ledger = Ledger(engine)
+    for run in ledger.runs():
+        if run.status != RunStatus.SENDING or STOP.is_set():
+            continue
+        try:
+            log.info("resuming run %d of %s", run.id, run.issue)
+            ended = resume(settings, ledger, run.id, stop=STOP)
+            log.info("run %d of %s: %s", ended.id, ended.issue, ended.status.value)
+        except RunBusy:
+            log.info("run %d is being sent by another process", run.id)
+        except NewsletterError as e:
+            log.error("run %d not resumed: %s", run.id, e)

@@ -134,3 +134,53 @@ def test_send_due_sends_what_is_due_once_and_reports_what_it_cannot(run, monkeyp
     assert second.code == 0, second.err
     assert "nothing ready to send" in second.out and "run " not in second.out
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 6
+
+
+# -- the scheduler process ----------------------------------------------------------------------
+
+def test_the_scheduler_sends_a_late_job_within_the_grace_period_and_skips_an_older_one(tmp_path, session_settings):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from .conftest import ROOT, TEST_KEY
+
+    url = f"sqlite:///{tmp_path / 'subscribers.db'}"
+    subs = Subscribers.open(url, session_settings.categories)
+    for i in range(3):
+        subs.add(f"s{i}@example.com", consent=Consent(ConsentMethod.CLI))
+    now = dt.datetime.now(UTC)
+    late = tmp_path / "late.md"
+    late.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    stale = tmp_path / "stale.md"
+    stale.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    schedules = Schedules(subs.engine)
+    schedules.add_once(late, once_trigger((now - dt.timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M"), "UTC"))
+    schedules.add_once(stale, once_trigger((now - dt.timedelta(hours=7)).strftime("%Y-%m-%d %H:%M"), "UTC"))
+    subs.close()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env |= {"NEWSLETTER_CONFIG": str(ROOT / "newsletter.toml"), "NEWSLETTER_DATABASE_URL": url,
+            "NEWSLETTER_SECRET_KEY": TEST_KEY, "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox")}
+    process = subprocess.Popen([sys.executable, "-m", "newsletter", "scheduler"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 90
+    while len(list((tmp_path / "outbox").glob("*.eml"))) < 3 or not any("late" in l and "done" in l for l in lines):
+        assert process.poll() is None, "".join(lines)
+        assert time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.1)  # the outbox fills from another process: nothing to wait on but the files
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    reader.join(timeout=20)
+    log = "".join(lines)
+    assert "Traceback" not in log
+    assert re.search(r"skipped once-stale-\S+: it was due at .* more than 6 hours ago", log), log
+    assert "scheduler stopped" in log
+    outbox = list((tmp_path / "outbox").glob("*.eml"))
+    assert len(outbox) == 3 and all(p.name.startswith("r1-") for p in outbox)
