@@ -166,7 +166,8 @@ class Schedules:
 
 def _scheduled(job) -> Scheduled:
     paused = job.next_run_time is None
-    zone_of = getattr(job.trigger, "timezone", None)
+    zone_of = getattr(job.trigger, "timezone", None) or getattr(getattr(job.trigger, "run_date", None),
+                                                                 "tzinfo", None)
     next_run = job.next_run_time.astimezone(zone_of) if job.next_run_time and zone_of else job.next_run_time
     what = "the due digests of digests_dir" if job.id == WEEKLY else f"{Path(job.args[0]).name}"
     return Scheduled(job.id, what, next_run, paused)

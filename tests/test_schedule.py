@@ -70,6 +70,7 @@ def test_schedules_survive_a_restart_and_can_be_paused_and_removed(db_url, sessi
     once = next(item for item in listed.values() if item.id != "weekly")
     assert once.what == EXAMPLE.name
     assert once.next_run_utc == dt.datetime(2030, 1, 2, 8, 0, tzinfo=UTC)
+    assert once.next_run.strftime("%H:%M") == "09:00" and str(once.next_run.tzinfo) == "Europe/Berlin"
 
     assert schedules.pause("weekly").paused
     assert [i.paused for i in Schedules(again.engine).list() if i.id == "weekly"] == [True]
