@@ -10,7 +10,7 @@ import click
 from .cli import App, cli, pass_app, plural
 from .errors import ExitCode
 from .ledger import Ledger
-from .schedule import Schedules, once_trigger, send_due, weekly_trigger
+from .schedule import WEEKLY, ScheduleError, Schedules, once_trigger, send_due, weekly_trigger
 
 
 def _when(moment: dt.datetime | None) -> str:
@@ -20,6 +20,13 @@ def _when(moment: dt.datetime | None) -> str:
 def _show(item) -> str:
     utc = f" ({item.next_run_utc:%H:%M} UTC)" if item.next_run else ""
     return f"{item.id}: {item.what}, next {_when(item.next_run)}{utc}"
+
+
+def _not_declared(app: App) -> None:
+    """The weekly schedule is newsletter.toml's when it declares one: the file wins."""
+    if app.settings.schedule:
+        raise ScheduleError(f"{app.settings.config_path or 'the settings'} declares the weekly schedule "
+                            f"({app.settings.schedule!r}); change it there")
 
 
 @cli.group()
@@ -34,6 +41,7 @@ def schedule() -> None:
 @pass_app
 def weekly(app: App, day: str, time_: str, tz: str) -> None:
     """Send the due digests of digests_dir every week on DAY at TIME (replaces the weekly schedule)."""
+    _not_declared(app)
     item = Schedules(app.subscribers.engine).set_weekly(weekly_trigger(day, time_, tz))
     click.echo(_show(item))
 
@@ -53,7 +61,9 @@ def once(app: App, file: Path, at: str, tz: str) -> None:
 @pass_app
 def list_(app: App) -> None:
     """Every schedule: its id, what it sends, its next run in its own zone and in UTC."""
-    items = Schedules(app.subscribers.engine).list()
+    schedules = Schedules(app.subscribers.engine)
+    schedules.follow(app.settings)
+    items = schedules.list()
     if not items:
         click.echo("no schedules (add one with `newsletter schedule weekly` or `schedule once`)")
     for item in items:
@@ -65,6 +75,8 @@ def list_(app: App) -> None:
 @pass_app
 def remove(app: App, job_id: str) -> None:
     """Remove schedule ID."""
+    if job_id == WEEKLY:
+        _not_declared(app)
     Schedules(app.subscribers.engine).remove(job_id)
     click.echo(f"removed {job_id}")
 

@@ -70,6 +70,7 @@ class Settings:
     confirmations_per_day: int = 3  # confirmation emails one address may be sent per day
     # The scheduler (`newsletter scheduler`)
     misfire_grace_hours: int = 6  # a scheduled send late by more than this is skipped, not sent
+    schedule: str | None = None  # [schedule] weekly = "mon 08:00 Europe/Berlin": the weekly send, fixed here
     config_path: Path | None = field(default=None, compare=False)
 
     def category(self, slug: str) -> Category | None:
@@ -111,6 +112,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "signups_per_ip_hour": ("NEWSLETTER_SIGNUPS_PER_IP_HOUR", "count:1,100000"),
     "confirmations_per_day": ("NEWSLETTER_CONFIRMATIONS_PER_DAY", "count:1,100"),
     "misfire_grace_hours": ("NEWSLETTER_MISFIRE_GRACE_HOURS", "count:0,168"),
+    "schedule": ("NEWSLETTER_SCHEDULE_WEEKLY", "schedule"),
 }
 REQUIRED = ("name", "sender", "base_url", "postal_address")
 PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out", "outbox_dir": "outbox",
@@ -180,6 +182,8 @@ def _parse(key: str, value: Any, source: Path | str, base_dir: Path) -> Any:
 
     if kind == "categories":
         return _parse_categories(value, bad)
+    if kind == "schedule":
+        return _parse_schedule(value, bad)
     if kind == "number" or kind.startswith("count:"):
         return _parse_number(kind, value, bad)
     if not isinstance(value, str):
@@ -203,6 +207,24 @@ def _parse(key: str, value: Any, source: Path | str, base_dir: Path) -> Any:
         path = Path(value).expanduser()
         return path if path.is_absolute() else base_dir / path
     return value
+
+
+def _parse_schedule(value: Any, bad) -> str:
+    """`[schedule] weekly = "mon 08:00 Europe/Berlin"` (or that string, from the environment)."""
+    if isinstance(value, dict):
+        extra = sorted(set(value) - {"weekly"})
+        if extra:
+            raise bad(f"takes only 'weekly', not '{extra[0]}'")
+        value = value.get("weekly")
+    if not isinstance(value, str):
+        raise bad("weekly must be a string like 'mon 08:00 Europe/Berlin'")
+    from .schedule import ScheduleError, parse_weekly
+
+    try:
+        parse_weekly(value)
+    except ScheduleError as e:
+        raise bad(f"weekly: {e}") from None
+    return " ".join(value.split())
 
 
 def _parse_url(value: str, bad) -> str:

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy.engine import Engine
 
 from .errors import NewsletterError
+from .store import raw_errors
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WEEKLY = "weekly"
@@ -113,7 +114,7 @@ class Schedules:
             def _process_jobs(self):  # never runs a job, even in the moment it shuts down
                 return None
 
-        scheduler = Editor(jobstores={"default": SQLAlchemyJobStore(engine=self.engine)},
+        scheduler = Editor(jobstores={"default": SQLAlchemyJobStore(engine=raw_errors(self.engine))},
                            timezone=dt.timezone.utc)
         scheduler.start(paused=True)
         try:
@@ -123,10 +124,18 @@ class Schedules:
 
     def set_weekly(self, trigger) -> Scheduled:
         with self._scheduler() as scheduler:
-            job = scheduler.add_job(RUN_WEEKLY, trigger, args=[str(trigger.timezone)], id=WEEKLY,
-                                    name="the due digests of digests_dir",
-                                    replace_existing=True, coalesce=True)
-            return _scheduled(job)
+            return _scheduled(_add_weekly(scheduler, trigger))
+
+    def follow(self, settings) -> None:
+        """The weekly schedule newsletter.toml declares (`[schedule] weekly`) wins: it is written
+        to the store whenever the stored one differs (a pause made with the CLI stays)."""
+        if not settings.schedule:
+            return
+        trigger = parse_weekly(settings.schedule)
+        with self._scheduler() as scheduler:
+            job = scheduler.get_job(WEEKLY)
+            if job is None or str(job.trigger) != str(trigger) or job.args != (str(trigger.timezone),):
+                _add_weekly(scheduler, trigger)
 
     def add_once(self, file: Path, trigger) -> Scheduled:
         path = file.resolve()
@@ -162,6 +171,11 @@ class Schedules:
         if job is None:
             raise ScheduleError(f"there is no schedule {job_id!r} (see `newsletter schedule list`)")
         return job
+
+
+def _add_weekly(scheduler, trigger):
+    return scheduler.add_job(RUN_WEEKLY, trigger, args=[str(trigger.timezone)], id=WEEKLY,
+                             name="the due digests of digests_dir", replace_existing=True, coalesce=True)
 
 
 def _scheduled(job) -> Scheduled:
@@ -286,9 +300,10 @@ def run_scheduler(settings, engine, done: threading.Event) -> None:
 
     STOP.clear()
     SETTINGS["current"] = settings
+    Schedules(engine).follow(settings)
     resume_interrupted(settings, engine)
     grace = max(1, settings.misfire_grace_hours * 3600)
-    scheduler = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(engine=engine)},
+    scheduler = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(engine=raw_errors(engine))},
                                     timezone=dt.timezone.utc,
                                     job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": grace})
 

@@ -250,8 +250,19 @@ def _translate(context: sa.engine.ExceptionContext) -> None:
     error = context.sqlalchemy_exception
     if context.is_pre_ping or not isinstance(error, sa.exc.DBAPIError):
         return
+    if context.connection is not None and context.connection.get_execution_options().get(RAW_ERRORS):
+        return  # a library that handles SQLAlchemy's errors itself (see `raw_errors`)
     kind = StoreConflict if isinstance(error, sa.exc.IntegrityError) else StoreError
     raise kind(f"database: {_first_line(context.original_exception)}")
+
+
+RAW_ERRORS = "newsletter_raw_errors"
+
+
+def raw_errors(engine: Engine) -> Engine:
+    """The same engine (pool, settings) raising SQLAlchemy's own errors, for a library that
+    catches them itself: APScheduler's job store turns an IntegrityError into its own conflict."""
+    return engine.execution_options(**{RAW_ERRORS: True})
 
 
 def _first_line(error: BaseException | None) -> str:

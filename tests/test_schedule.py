@@ -185,3 +185,33 @@ def test_the_scheduler_sends_a_late_job_within_the_grace_period_and_skips_an_old
     assert "scheduler stopped" in log
     outbox = list((tmp_path / "outbox").glob("*.eml"))
     assert len(outbox) == 3 and all(p.name.startswith("r1-") for p in outbox)
+
+
+def test_a_weekly_schedule_in_newsletter_toml_wins_over_the_command_line(run, tmp_path):
+    from .conftest import ROOT
+
+    toml = tmp_path / "newsletter.toml"
+    base = (ROOT / "newsletter.toml").read_text(encoding="utf-8")
+    base = "\n".join(line for line in base.split("\n") if not line.startswith("database_url"))
+    toml.write_text('database_url = "sqlite:///subscribers.db"\n' + base
+                    + '\n[schedule]\nweekly = "wed 06:15 America/New_York"\n', encoding="utf-8")
+    assert run("--config", toml, "db", "upgrade").code == 0
+    listed = run("--config", toml, "schedule", "list")
+    assert listed.code == 0, listed.err
+    assert "weekly: the due digests of digests_dir, next Wed" in listed.out and "06:15 EST" in listed.out
+
+    refused = run("--config", toml, "schedule", "weekly", "--day", "mon", "--time", "08:00", "--tz", "UTC")
+    assert refused.code == 1 and "declares the weekly schedule ('wed 06:15 America/New_York'); change it there" \
+        in refused.err and refused.err.count("\n") == 1
+    assert run("--config", toml, "schedule", "remove", "weekly").code == 1
+
+    assert run("--config", toml, "schedule", "pause", "weekly").code == 0
+    assert "next paused" in run("--config", toml, "schedule", "list").out  # a pause made here stays
+
+    toml.write_text(toml.read_text(encoding="utf-8").replace("wed 06:15", "thu 07:45"), encoding="utf-8")
+    assert "next Thu" in run("--config", toml, "schedule", "list").out and "07:45 EST" in \
+        run("--config", toml, "schedule", "list").out  # the file changed: the file wins
+
+    toml.write_text(toml.read_text(encoding="utf-8").replace("thu 07:45", "thursday morning"), encoding="utf-8")
+    bad = run("--config", toml, "schedule", "list")
+    assert bad.code == 1 and "newsletter.toml: key 'schedule' weekly: time must be HH:MM" in bad.err
