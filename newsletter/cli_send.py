@@ -19,7 +19,7 @@ from .digest import Digest, load_digest
 from .errors import ExitCode
 from .ledger import Ledger, Run, RunStatus
 from .providers import Provider, make_provider
-from .send import Plan, Variant, categories_of
+from .send import PAUSED_BY_USER, Plan, Variant, categories_of
 
 
 def describe_variant(app: App, key: str) -> str:
@@ -140,7 +140,7 @@ def report(ledger: Ledger, run: Run, seconds: float) -> None:
         click.echo(f"failed deliveries: `newsletter runs {run.id}` lists them")
     if run.status == RunStatus.PAUSED:
         click.secho(f"paused: {run.reason}. Resume with `newsletter resume {run.id}`", fg="yellow", err=True)
-        raise SystemExit(ExitCode.INTERRUPTED if run.reason == "paused by the user" else ExitCode.ERROR)
+        raise SystemExit(ExitCode.INTERRUPTED if run.reason == PAUSED_BY_USER else ExitCode.ERROR)
     if run.status == RunStatus.FINISHED:
         click.echo(f"run {run.id} finished")
     elif run.status == RunStatus.SENDING:  # stopped without finishing, e.g. another process took over

@@ -228,7 +228,7 @@ def send_digests(settings, subscribers, ledger, digests, report: DueReport, *,
                  stop: threading.Event | None = None) -> None:
     """A run for each digest, delivered in turn; failures to start one go into `report`."""
     from .providers import make_provider
-    from .send import deliver, start_run
+    from .send import PAUSED_BY_SCHEDULER, deliver, start_run
 
     provider = make_provider(settings)  # before any run: a missing key opens no run
     try:
@@ -242,7 +242,8 @@ def send_digests(settings, subscribers, ledger, digests, report: DueReport, *,
                 report.failed.append(f"{digest.path}: {e}")
                 continue
             log.info("sending %s: run %d, %d readers", digest.slug, run.id, len(due.recipients))
-            run = deliver(settings, ledger, run, digest, variants, provider=provider, stop=stop)
+            run = deliver(settings, ledger, run, digest, variants, provider=provider, stop=stop,
+                          stop_reason=PAUSED_BY_SCHEDULER)
             log.info("run %d of %s: %s%s", run.id, digest.slug, run.status.value,
                      f" ({run.reason})" if run.reason else "")
             report.runs.append((run, ledger.counts(run.id)))
@@ -332,19 +333,22 @@ def run_scheduler(settings, engine, done: threading.Event) -> None:
 
 
 def resume_interrupted(settings, engine) -> None:
-    """Resume every run left `sending` by a process that stopped (crashed, killed, restarted);
-    a run another process holds is its own to finish."""
+    """Resume every run left `sending` by a process that stopped (crashed, killed, restarted), and
+    every run a stopping scheduler paused; a run another process holds is its own to finish, and
+    a run paused for any other reason (Ctrl-C, a bad key) is left alone."""
     from .errors import RunBusy
     from .ledger import Ledger, RunStatus
-    from .send import resume
+    from .send import PAUSED_BY_SCHEDULER, resume
 
     ledger = Ledger(engine)
     for run in ledger.runs():
-        if run.status != RunStatus.SENDING or STOP.is_set():
+        interrupted = run.status == RunStatus.SENDING or (
+            run.status == RunStatus.PAUSED and run.reason == PAUSED_BY_SCHEDULER)
+        if not interrupted or STOP.is_set():
             continue
         try:
             log.info("resuming run %d of %s", run.id, run.issue)
-            ended = resume(settings, ledger, run.id, stop=STOP)
+            ended = resume(settings, ledger, run.id, stop=STOP, stop_reason=PAUSED_BY_SCHEDULER)
             log.info("run %d of %s: %s", ended.id, ended.issue, ended.status.value)
         except RunBusy:
             log.info("run %d is being sent by another process", run.id)

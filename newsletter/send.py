@@ -32,6 +32,8 @@ from .render import Personal, Renderer, preview_links
 from .subscribers import Subscribers, normalize_email
 
 ALL = "all"  # the variant of readers with no categories: every story
+PAUSED_BY_USER = "paused by the user"  # Ctrl-C; left alone until `newsletter resume`
+PAUSED_BY_SCHEDULER = "paused: the scheduler stopped"  # resumed when the scheduler starts again
 LEASE_SECONDS = 300.0
 MAX_CHECKED_VARIANTS = 64  # `check` renders every possible variant up to this many
 HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -294,8 +296,10 @@ class Sender:
     def __init__(self, ledger: Ledger, provider: Provider, composer: Composer, *, rate: float,
                  batch_size: int = 100, max_failures: int = 8, base_delay: float = 0.5,
                  max_delay: float = 30.0, clock: Callable[[], float] = time.monotonic,
-                 jitter: Callable[[], float] = random.random, stop: threading.Event | None = None):
+                 jitter: Callable[[], float] = random.random, stop: threading.Event | None = None,
+                 stop_reason: str = PAUSED_BY_USER):
         self.ledger, self.provider, self.composer = ledger, provider, composer
+        self.stop_reason = stop_reason  # what a paused run says when `stop` paused it
         self.batch_size, self.max_failures = batch_size, max_failures
         self.base_delay, self.max_delay, self.jitter = base_delay, max_delay, jitter
         self.clock = clock
@@ -337,7 +341,7 @@ class Sender:
         pending = self.ledger.in_flight(run.id)  # first what a stop left in flight
         while True:
             if self.stopping.is_set():
-                return "paused by the user"
+                return self.stop_reason
             batch = pending.pop(0) if pending else self.ledger.claim(run.id, self.batch_size)
             if batch is None:
                 return None
@@ -370,7 +374,7 @@ class Sender:
             retrying = bool(self.failures or rate_limited)
             self.throttle.wait(self.stopping if retrying else None)  # a first attempt always goes out
             if self.stopping.is_set() and retrying:
-                return refused("paused by the user")  # in flight only if a request may have got through
+                return refused(self.stop_reason)  # in flight only if a request may have got through
             self._renew()
             progress.requests += 1
             try:
@@ -464,7 +468,7 @@ def reopen_run(settings: Settings, ledger: Ledger, run_id: int) -> tuple[Run, Di
 
 def deliver(settings: Settings, ledger: Ledger, run: Run, digest: Digest, variants: dict[str, Variant], *,
             provider: Provider | None = None, on_progress: Callable[[Progress], None] | None = None,
-            stop: threading.Event | None = None) -> Run:
+            stop: threading.Event | None = None, stop_reason: str = PAUSED_BY_USER) -> Run:
     """Send what is left of `run`; return it as it ends: finished, paused (with its reason), or
     still sending (another process took it over).
 
@@ -478,7 +482,7 @@ def deliver(settings: Settings, ledger: Ledger, run: Run, digest: Digest, varian
                             f"{provider.name}", run_id=run.id)
         composer = Composer(settings, digest, variants, view_key=load_secret_key(settings))
         sender = Sender(ledger, provider, composer, rate=settings.send_rate, batch_size=settings.batch_size,
-                        max_failures=settings.max_failures, stop=stop)
+                        max_failures=settings.max_failures, stop=stop, stop_reason=stop_reason)
         return sender.send(run, on_progress)
     finally:
         if own:
@@ -487,11 +491,11 @@ def deliver(settings: Settings, ledger: Ledger, run: Run, digest: Digest, varian
 
 def resume(settings: Settings, ledger: Ledger, run_id: int, *, provider: Provider | None = None,
            on_progress: Callable[[Progress], None] | None = None,
-           stop: threading.Event | None = None) -> Run:
+           stop: threading.Event | None = None, stop_reason: str = PAUSED_BY_USER) -> Run:
     """Go on with run `run_id` after a pause or a crash (`reopen_run`, then `deliver`)."""
     run, digest, variants = reopen_run(settings, ledger, run_id)
     return deliver(settings, ledger, run, digest, variants, provider=provider, on_progress=on_progress,
-                   stop=stop)
+                   stop=stop, stop_reason=stop_reason)
 
 
 def send_test_copies(settings: Settings, digest: Digest, variants: dict[str, Variant],
