@@ -215,3 +215,68 @@ def test_a_weekly_schedule_in_newsletter_toml_wins_over_the_command_line(run, tm
     toml.write_text(toml.read_text(encoding="utf-8").replace("thu 07:45", "thursday morning"), encoding="utf-8")
     bad = run("--config", toml, "schedule", "list")
     assert bad.code == 1 and "newsletter.toml: key 'schedule' weekly: time must be HH:MM" in bad.err
+
+
+def test_a_scheduler_stopped_mid_send_finishes_the_run_when_it_starts_again(tmp_path, session_settings,
+                                                                            fake_resend):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from collections import Counter
+
+    from newsletter.ledger import Ledger, RunStatus
+
+    from .conftest import ROOT, TEST_KEY
+
+    url = f"sqlite:///{tmp_path / 'subscribers.db'}"
+    subs = Subscribers.open(url, session_settings.categories)
+    readers = [f"m{i:03d}@example.com" for i in range(60)]
+    for email in readers:
+        subs.add(email, consent=Consent(ConsentMethod.CLI))
+    issue = tmp_path / "issue.md"
+    issue.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    now = dt.datetime.now(UTC) - dt.timedelta(minutes=2)
+    Schedules(subs.engine).add_once(issue, once_trigger(now.strftime("%Y-%m-%d %H:%M"), "UTC"))
+    ledger = Ledger(subs.engine)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env |= {"NEWSLETTER_CONFIG": str(ROOT / "newsletter.toml"), "NEWSLETTER_DATABASE_URL": url,
+            "NEWSLETTER_SECRET_KEY": TEST_KEY, "NEWSLETTER_PROVIDER": "resend", "NEWSLETTER_SEND_RATE": "4",
+            "NEWSLETTER_BATCH_SIZE": "5", "RESEND_API_KEY": fake_resend.state.api_key,
+            "RESEND_API_URL": fake_resend.url}
+
+    def start():
+        process = subprocess.Popen([sys.executable, "-m", "newsletter", "scheduler"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines: list[str] = []
+        thread = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+        thread.start()
+        return process, lines, thread
+
+    def wait_for(condition, process, lines, what: str) -> None:
+        deadline = time.monotonic() + 90
+        while not condition():
+            assert process.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, f"no {what} after 90 s: " + "".join(lines)
+            time.sleep(0.05)  # another process does the work: nothing to wait on but its effects
+
+    first, lines, thread = start()
+    wait_for(lambda: sum(fake_resend.addresses().values()) >= 10, first, lines, "deliveries")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 0
+    thread.join(timeout=20)
+    (run,) = ledger.runs()
+    assert run.status == RunStatus.PAUSED and run.reason == "paused: the scheduler stopped", "".join(lines)
+    assert sum(fake_resend.addresses().values()) < len(readers)
+
+    second, lines, thread = start()
+    wait_for(lambda: ledger.run(run.id).status == RunStatus.FINISHED, second, lines, "finished run")
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 0
+    thread.join(timeout=20)
+    assert f"resuming run {run.id}" in "".join(lines)
+    assert fake_resend.addresses() == Counter({email: 1 for email in readers})
+    assert len(ledger.runs()) == 1, "the one-off job did not run a second time"
+    subs.close()
