@@ -296,6 +296,7 @@ def run_scheduler(settings, engine, done: threading.Event) -> None:
     `misfire_grace_hours` still runs; later, it is skipped and logged; missed runs of one job
     coalesce into one. Stopping pauses a send after the batch in flight."""
     from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
+    from apscheduler.jobstores.base import JobLookupError
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -304,7 +305,14 @@ def run_scheduler(settings, engine, done: threading.Event) -> None:
     Schedules(engine).follow(settings)
     resume_interrupted(settings, engine)
     grace = max(1, settings.misfire_grace_hours * 3600)
-    scheduler = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(engine=raw_errors(engine))},
+    class Scheduler(BackgroundScheduler):
+        def remove_job(self, job_id, jobstore=None):
+            try:
+                super().remove_job(job_id, jobstore)
+            except JobLookupError:  # another scheduler ran this one-off job and removed it first
+                log.info("%s was already removed by another scheduler", job_id)
+
+    scheduler = Scheduler(jobstores={"default": SQLAlchemyJobStore(engine=raw_errors(engine))},
                                     timezone=dt.timezone.utc,
                                     job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": grace})
 

@@ -280,3 +280,58 @@ def test_a_scheduler_stopped_mid_send_finishes_the_run_when_it_starts_again(tmp_
     assert fake_resend.addresses() == Counter({email: 1 for email in readers})
     assert len(ledger.runs()) == 1, "the one-off job did not run a second time"
     subs.close()
+
+
+def test_two_schedulers_due_at_the_same_moment_send_every_reader_once(db_url, tmp_path, session_settings,
+                                                                      fake_resend):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from collections import Counter
+
+    from newsletter.ledger import Ledger, RunStatus
+
+    from .conftest import ROOT, TEST_KEY
+
+    subs = Subscribers.open(db_url, session_settings.categories)
+    readers = [f"t{i:03d}@example.com" for i in range(40)]
+    for email in readers:
+        subs.add(email, consent=Consent(ConsentMethod.CLI))
+    issue = tmp_path / "issue.md"
+    issue.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    when = dt.datetime.now(UTC) + dt.timedelta(seconds=20)  # both schedulers are up by then
+    Schedules(subs.engine).add_once(issue, once_trigger(when.strftime("%Y-%m-%d %H:%M:%S"), "UTC"))
+    ledger = Ledger(subs.engine)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env |= {"NEWSLETTER_CONFIG": str(ROOT / "newsletter.toml"), "NEWSLETTER_DATABASE_URL": db_url,
+            "NEWSLETTER_SECRET_KEY": TEST_KEY, "NEWSLETTER_PROVIDER": "resend", "NEWSLETTER_SEND_RATE": "20",
+            "NEWSLETTER_BATCH_SIZE": "5",
+            "RESEND_API_KEY": fake_resend.state.api_key, "RESEND_API_URL": fake_resend.url}
+    processes, outputs = [], []
+    for _ in range(2):  # both load the job before it is due, and both fire it at that moment
+        process = subprocess.Popen([sys.executable, "-m", "newsletter", "scheduler"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines: list[str] = []
+        threading.Thread(target=lambda p=process, out=lines: out.extend(p.stderr), daemon=True).start()
+        processes.append(process)
+        outputs.append(lines)
+    deadline = time.monotonic() + 120
+    while not (ledger.runs() and ledger.runs()[0].status == RunStatus.FINISHED
+               and all(any(" done" in l or "not sent" in l for l in out) for out in outputs)):
+        assert all(p.poll() is None for p in processes), "".join(sum(outputs, []))
+        assert time.monotonic() < deadline, "".join(sum(outputs, []))
+        time.sleep(0.1)  # two other processes do the work: nothing to wait on but its effects
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    assert [p.wait(timeout=60) for p in processes] == [0, 0]
+    assert fake_resend.addresses() == Counter({email: 1 for email in readers})
+    assert len(ledger.runs()) == 1
+    log = "".join(sum(outputs, []))
+    assert all(any("schedule once-issue" in l for l in out) for out in outputs), log  # both had the job
+    assert dt.datetime.now(UTC) > when
+    assert "Traceback" not in log, log  # the scheduler that lost the race goes on working
+    subs.close()
+
