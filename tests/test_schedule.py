@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+from collections import Counter
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from newsletter.ledger import Ledger, RunStatus
 from newsletter.schedule import ScheduleError, Schedules, once_trigger, parse_weekly, weekly_trigger
 from newsletter.subscribers import Consent, ConsentMethod, Subscribers
 
@@ -139,47 +142,84 @@ def test_send_due_sends_what_is_due_once_and_reports_what_it_cannot(run, monkeyp
 
 # -- the scheduler process ----------------------------------------------------------------------
 
-def test_the_scheduler_sends_a_late_job_within_the_grace_period_and_skips_an_older_one(tmp_path, session_settings):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import threading
-    import time
+class SchedulerProcess:
+    """`newsletter scheduler` in a process of its own, its log lines gathered as they come."""
 
+    def __init__(self, env: dict):
+        import subprocess
+        import sys
+        import threading
+
+        self.process = subprocess.Popen([sys.executable, "-m", "newsletter", "scheduler"], env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True)
+        self._reader.start()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, condition, what: str, seconds: float = 90) -> None:
+        """Until `condition()` holds; fail at the deadline or if the scheduler ended."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert self.process.poll() is None, self.log
+            assert time.monotonic() < deadline, f"no {what} after {seconds:.0f} s: {self.log}"
+            time.sleep(0.05)  # another process does the work: nothing to wait on but its effects
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager stops it; its exit status, once its output is read."""
+        import signal
+
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=60)
+        self._reader.join(timeout=20)
+        return code
+
+
+def scheduler_env(url: str, **settings: str) -> dict:
     from .conftest import ROOT, TEST_KEY
 
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    return env | {"NEWSLETTER_CONFIG": str(ROOT / "newsletter.toml"), "NEWSLETTER_DATABASE_URL": url,
+                  "NEWSLETTER_SECRET_KEY": TEST_KEY, **settings}
+
+
+def readers_and_issue(url: str, settings, tmp_path, readers: list[str], name: str = "issue") -> tuple:
+    """`readers` in the database at `url`, and a copy of the example digest; (store, its path)."""
+    subs = Subscribers.open(url, settings.categories)
+    for email in readers:
+        subs.add(email, consent=Consent(ConsentMethod.CLI))
+    issue = tmp_path / f"{name}.md"
+    issue.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    return subs, issue
+
+
+def resend_env(fake, rate: str) -> dict:
+    return {"NEWSLETTER_PROVIDER": "resend", "NEWSLETTER_SEND_RATE": rate, "NEWSLETTER_BATCH_SIZE": "5",
+            "RESEND_API_KEY": fake.state.api_key, "RESEND_API_URL": fake.url}
+
+
+def test_the_scheduler_sends_a_late_job_within_the_grace_period_and_skips_an_older_one(tmp_path, session_settings):
     url = f"sqlite:///{tmp_path / 'subscribers.db'}"
-    subs = Subscribers.open(url, session_settings.categories)
-    for i in range(3):
-        subs.add(f"s{i}@example.com", consent=Consent(ConsentMethod.CLI))
-    now = dt.datetime.now(UTC)
-    late = tmp_path / "late.md"
-    late.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    subs, late = readers_and_issue(url, session_settings, tmp_path, [f"s{i}@example.com" for i in range(3)],
+                                   "late")
     stale = tmp_path / "stale.md"
-    stale.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    stale.write_text(late.read_text(encoding="utf-8"), encoding="utf-8")
+    now = dt.datetime.now(UTC)
     schedules = Schedules(subs.engine)
     schedules.add_once(late, once_trigger((now - dt.timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M"), "UTC"))
     schedules.add_once(stale, once_trigger((now - dt.timedelta(hours=7)).strftime("%Y-%m-%d %H:%M"), "UTC"))
     subs.close()
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env |= {"NEWSLETTER_CONFIG": str(ROOT / "newsletter.toml"), "NEWSLETTER_DATABASE_URL": url,
-            "NEWSLETTER_SECRET_KEY": TEST_KEY, "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox")}
-    process = subprocess.Popen([sys.executable, "-m", "newsletter", "scheduler"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 90
-    while len(list((tmp_path / "outbox").glob("*.eml"))) < 3 or not any("late" in l and "done" in l for l in lines):
-        assert process.poll() is None, "".join(lines)
-        assert time.monotonic() < deadline, "".join(lines)
-        time.sleep(0.1)  # the outbox fills from another process: nothing to wait on but the files
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0
-    reader.join(timeout=20)
-    log = "".join(lines)
+    scheduler = SchedulerProcess(scheduler_env(url, NEWSLETTER_OUTBOX_DIR=str(tmp_path / "outbox")))
+    scheduler.wait_for(lambda: len(list((tmp_path / "outbox").glob("*.eml"))) >= 3
+                       and any("late" in line and "done" in line for line in scheduler.lines), "late job")
+    assert scheduler.stop() == 0
+    log = scheduler.log
     assert "Traceback" not in log
     assert re.search(r"skipped once-stale-\S+: it was due at .* more than 6 hours ago", log), log
     assert "scheduler stopped" in log
@@ -219,64 +259,25 @@ def test_a_weekly_schedule_in_newsletter_toml_wins_over_the_command_line(run, tm
 
 def test_a_scheduler_stopped_mid_send_finishes_the_run_when_it_starts_again(tmp_path, session_settings,
                                                                             fake_resend):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import threading
-    import time
-    from collections import Counter
-
-    from newsletter.ledger import Ledger, RunStatus
-
-    from .conftest import ROOT, TEST_KEY
-
     url = f"sqlite:///{tmp_path / 'subscribers.db'}"
-    subs = Subscribers.open(url, session_settings.categories)
     readers = [f"m{i:03d}@example.com" for i in range(60)]
-    for email in readers:
-        subs.add(email, consent=Consent(ConsentMethod.CLI))
-    issue = tmp_path / "issue.md"
-    issue.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    subs, issue = readers_and_issue(url, session_settings, tmp_path, readers)
     now = dt.datetime.now(UTC) - dt.timedelta(minutes=2)
     Schedules(subs.engine).add_once(issue, once_trigger(now.strftime("%Y-%m-%d %H:%M"), "UTC"))
     ledger = Ledger(subs.engine)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env |= {"NEWSLETTER_CONFIG": str(ROOT / "newsletter.toml"), "NEWSLETTER_DATABASE_URL": url,
-            "NEWSLETTER_SECRET_KEY": TEST_KEY, "NEWSLETTER_PROVIDER": "resend", "NEWSLETTER_SEND_RATE": "4",
-            "NEWSLETTER_BATCH_SIZE": "5", "RESEND_API_KEY": fake_resend.state.api_key,
-            "RESEND_API_URL": fake_resend.url}
+    env = scheduler_env(url, **resend_env(fake_resend, "4"))
 
-    def start():
-        process = subprocess.Popen([sys.executable, "-m", "newsletter", "scheduler"], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        lines: list[str] = []
-        thread = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
-        thread.start()
-        return process, lines, thread
-
-    def wait_for(condition, process, lines, what: str) -> None:
-        deadline = time.monotonic() + 90
-        while not condition():
-            assert process.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, f"no {what} after 90 s: " + "".join(lines)
-            time.sleep(0.05)  # another process does the work: nothing to wait on but its effects
-
-    first, lines, thread = start()
-    wait_for(lambda: sum(fake_resend.addresses().values()) >= 10, first, lines, "deliveries")
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=60) == 0
-    thread.join(timeout=20)
+    first = SchedulerProcess(env)
+    first.wait_for(lambda: sum(fake_resend.addresses().values()) >= 10, "deliveries")
+    assert first.stop() == 0
     (run,) = ledger.runs()
-    assert run.status == RunStatus.PAUSED and run.reason == "paused: the scheduler stopped", "".join(lines)
+    assert run.status == RunStatus.PAUSED and run.reason == "paused: the scheduler stopped", first.log
     assert sum(fake_resend.addresses().values()) < len(readers)
 
-    second, lines, thread = start()
-    wait_for(lambda: ledger.run(run.id).status == RunStatus.FINISHED, second, lines, "finished run")
-    second.send_signal(signal.SIGTERM)
-    assert second.wait(timeout=60) == 0
-    thread.join(timeout=20)
-    assert f"resuming run {run.id}" in "".join(lines)
+    second = SchedulerProcess(env)
+    second.wait_for(lambda: ledger.run(run.id).status == RunStatus.FINISHED, "finished run")
+    assert second.stop() == 0
+    assert f"resuming run {run.id}" in second.log
     assert fake_resend.addresses() == Counter({email: 1 for email in readers})
     assert len(ledger.runs()) == 1, "the one-off job did not run a second time"
     subs.close()
@@ -284,54 +285,23 @@ def test_a_scheduler_stopped_mid_send_finishes_the_run_when_it_starts_again(tmp_
 
 def test_two_schedulers_due_at_the_same_moment_send_every_reader_once(db_url, tmp_path, session_settings,
                                                                       fake_resend):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import threading
-    import time
-    from collections import Counter
-
-    from newsletter.ledger import Ledger, RunStatus
-
-    from .conftest import ROOT, TEST_KEY
-
-    subs = Subscribers.open(db_url, session_settings.categories)
     readers = [f"t{i:03d}@example.com" for i in range(40)]
-    for email in readers:
-        subs.add(email, consent=Consent(ConsentMethod.CLI))
-    issue = tmp_path / "issue.md"
-    issue.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    subs, issue = readers_and_issue(db_url, session_settings, tmp_path, readers)
     when = dt.datetime.now(UTC) + dt.timedelta(seconds=20)  # both schedulers are up by then
     Schedules(subs.engine).add_once(issue, once_trigger(when.strftime("%Y-%m-%d %H:%M:%S"), "UTC"))
     ledger = Ledger(subs.engine)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env |= {"NEWSLETTER_CONFIG": str(ROOT / "newsletter.toml"), "NEWSLETTER_DATABASE_URL": db_url,
-            "NEWSLETTER_SECRET_KEY": TEST_KEY, "NEWSLETTER_PROVIDER": "resend", "NEWSLETTER_SEND_RATE": "20",
-            "NEWSLETTER_BATCH_SIZE": "5",
-            "RESEND_API_KEY": fake_resend.state.api_key, "RESEND_API_URL": fake_resend.url}
-    processes, outputs = [], []
-    for _ in range(2):  # both load the job before it is due, and both fire it at that moment
-        process = subprocess.Popen([sys.executable, "-m", "newsletter", "scheduler"], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        lines: list[str] = []
-        threading.Thread(target=lambda p=process, out=lines: out.extend(p.stderr), daemon=True).start()
-        processes.append(process)
-        outputs.append(lines)
-    deadline = time.monotonic() + 120
-    while not (ledger.runs() and ledger.runs()[0].status == RunStatus.FINISHED
-               and all(any(" done" in l or "not sent" in l for l in out) for out in outputs)):
-        assert all(p.poll() is None for p in processes), "".join(sum(outputs, []))
-        assert time.monotonic() < deadline, "".join(sum(outputs, []))
-        time.sleep(0.1)  # two other processes do the work: nothing to wait on but its effects
-    for process in processes:
-        process.send_signal(signal.SIGTERM)
-    assert [p.wait(timeout=60) for p in processes] == [0, 0]
+    env = scheduler_env(db_url, **resend_env(fake_resend, "20"))
+    # Both load the job before it is due, and both fire it at that moment.
+    schedulers = [SchedulerProcess(env) for _ in range(2)]
+    schedulers[0].wait_for(lambda: ledger.runs() and ledger.runs()[0].status == RunStatus.FINISHED
+                           and all(any(" done" in line or "not sent" in line for line in s.lines)
+                                   for s in schedulers), "finished run", seconds=120)
+    assert all(s.process.poll() is None for s in schedulers), "".join(s.log for s in schedulers)
+    assert [s.stop() for s in schedulers] == [0, 0]
     assert fake_resend.addresses() == Counter({email: 1 for email in readers})
     assert len(ledger.runs()) == 1
-    log = "".join(sum(outputs, []))
-    assert all(any("schedule once-issue" in l for l in out) for out in outputs), log  # both had the job
+    log = "".join(s.log for s in schedulers)
+    assert all("schedule once-issue" in s.log for s in schedulers), log  # both had the job
     assert dt.datetime.now(UTC) > when
     assert "Traceback" not in log, log  # the scheduler that lost the race goes on working
     subs.close()
-
