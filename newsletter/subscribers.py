@@ -323,13 +323,8 @@ class Subscribers:
     def get(self, email: str, conn: Connection | None = None) -> Reader | None:
         address = normalize_email(email)
         with self._conn(conn) as c:
-            row = c.execute(sa.select(readers).where(readers.c.email == address)).mappings().first()
-            if row is None:
-                return None
-            slugs = c.execute(sa.select(reader_categories.c.category)
-                              .where(reader_categories.c.reader_id == row["id"])
-                              .order_by(reader_categories.c.category)).scalars().all()
-        return _reader(row, slugs)
+            return _whole_reader(c, c.execute(sa.select(readers).where(readers.c.email == address))
+                                 .mappings().first())
 
     def require(self, email: str, conn: Connection | None = None) -> Reader:
         reader = self.get(email, conn)
@@ -456,10 +451,10 @@ class Subscribers:
         if not _plausible(token):
             return None
         with self.engine.connect() as conn:
-            row = conn.execute(_BY_TOKEN, {"token": token}).first()
-            if row is None or not hmac.compare_digest(row.token.encode(), token.encode()):
+            row = conn.execute(sa.select(readers).where(readers.c.token == token)).mappings().first()
+            if row is None or not hmac.compare_digest(row["token"].encode(), token.encode()):
                 return None
-            return self.get(row.email, conn)
+            return _whole_reader(conn, row)
 
     def forget(self, email: str) -> None:
         """Erase the reader (GDPR): the row, its events and the copies of its address and token on
@@ -627,6 +622,16 @@ def log_event(conn: Connection, reader_id: int | None, kind: str, **detail) -> N
     conn.execute(sa.insert(events).values(
         reader_id=reader_id, kind=kind, at=utcnow(),
         detail=json.dumps({k: v for k, v in detail.items() if v is not None}) if detail else None))
+
+
+def _whole_reader(conn: Connection, row) -> Reader | None:
+    """The reader of a `readers` row, with their categories (None for no row)."""
+    if row is None:
+        return None
+    slugs = conn.execute(sa.select(reader_categories.c.category)
+                         .where(reader_categories.c.reader_id == row["id"])
+                         .order_by(reader_categories.c.category)).scalars().all()
+    return _reader(row, slugs)
 
 
 def _reader(row, slugs) -> Reader:
