@@ -81,8 +81,16 @@ def press(driver, selector: str) -> None:
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from selenium.common.exceptions import WebDriverException
+
     old = driver.find_element("tag name", "html")
-    driver.find_element("css selector", selector).click()
+    for attempt in range(3):
+        try:
+            driver.find_element("css selector", selector).click()
+            break
+        except WebDriverException:  # Chromium now and then loses the node it just found
+            if attempt == 2 or expected_conditions.staleness_of(old)(driver):
+                raise  # the page changed: the click went through, and must not be repeated
     wait = WebDriverWait(driver, 30)
     wait.until(expected_conditions.staleness_of(old))
     wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
