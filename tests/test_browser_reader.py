@@ -77,23 +77,31 @@ def link(message, pattern: str) -> str:
 
 
 def press(driver, selector: str) -> None:
-    """Click a submit button and wait (with a deadline) until the next page has loaded."""
-    from selenium.webdriver.support import expected_conditions
+    """Press a submit button and wait (with a deadline) until the next page has loaded.
+
+    The page is marked before the press and the wait is for a document without the mark, asked
+    of the page itself: chromedriver's own element handles (a stale-element check, a native
+    click) now and then fail with "node does not belong to the document" while a form submits,
+    and a retried click could submit the form twice. The button is pressed from the page's own
+    script, which runs the same activation (form validation, submission) a click does.
+    """
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from selenium.common.exceptions import WebDriverException
+    driver.execute_script("window.beforePress = true")
+    pressed = driver.execute_script(
+        "const b = document.querySelector(arguments[0]); if (!b) return false; b.click(); return true",
+        selector)
+    assert pressed, f"no {selector} on the page"
 
-    old = driver.find_element("tag name", "html")
-    for attempt in range(3):
+    def next_page(d) -> bool:
         try:
-            driver.find_element("css selector", selector).click()
-            break
-        except WebDriverException:  # Chromium now and then loses the node it just found
-            if attempt == 2 or expected_conditions.staleness_of(old)(driver):
-                raise  # the page changed: the click went through, and must not be repeated
-    wait = WebDriverWait(driver, 30)
-    wait.until(expected_conditions.staleness_of(old))
-    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+            return d.execute_script(
+                "return window.beforePress === undefined && document.readyState === 'complete'")
+        except WebDriverException:  # asked while the old document was going away
+            return False
+
+    WebDriverWait(driver, 30).until(next_page, f"no new page after pressing {selector}")
 
 
 def check_page(driver, name: str) -> None:
