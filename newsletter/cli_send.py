@@ -19,15 +19,12 @@ from .digest import Digest, load_digest
 from .errors import ExitCode
 from .ledger import Ledger, Run, RunStatus
 from .providers import Provider, make_provider
-from .send import PAUSED_BY_USER, Plan, Variant, categories_of
+from .schedule import BACKOFF, next_retry
+from .send import PAUSED_BY_USER, Plan, Variant
 
 
 def describe_variant(app: App, key: str) -> str:
-    slugs = categories_of(key)
-    if slugs is None:
-        return "every story (readers with no categories)"
-    names = [app.settings.category(s).name if app.settings.category(s) else s for s in slugs]
-    return ", ".join(names) or "stories for everyone only"
+    return sending.describe_variant(app.settings, key)
 
 
 def provider_for(app: App) -> Provider:
@@ -157,6 +154,7 @@ def resume(app: App, run_id: int, yes: bool) -> None:
     """Go on with send run RUN_ID after a pause, a crash or a provider failure."""
     ledger = Ledger(app.subscribers.engine)
     run, digest, variants = sending.reopen_run(app.settings, ledger, run_id)
+    ledger.forget_retries(run.id)  # a later pause gets the scheduler's retries afresh
     counts = ledger.counts(run.id)
     left = counts["queued"] + counts["sending"]
     if not yes:
@@ -224,5 +222,11 @@ def runs_show(app: App, run_id: int) -> None:
                f"{f' ({run.reason})' if run.reason else ''}")
     click.echo(f"sent {c['sent']}, failed {c['failed']}, skipped {c['skipped']}, "
                f"queued {c['queued'] + c['sending']}")
+    retry = next_retry(run)
+    if retry is not None:
+        click.echo(f"`newsletter scheduler` tries it again at {retry:%Y-%m-%d %H:%M} UTC "
+                   f"(retry {run.auto_retries + 1} of {len(BACKOFF)})")
+    elif run.status == RunStatus.PAUSED:
+        click.echo(f"paused until someone resumes it: `newsletter resume {run.id}`")
     for email, state, reason in ledger.problems(run.id):
         click.echo(f"{state}: {email or '(erased reader)'}: {reason}")

@@ -71,6 +71,7 @@ class Settings:
     # The scheduler (`newsletter scheduler`)
     misfire_grace_hours: int = 6  # a scheduled send late by more than this is skipped, not sent
     schedule: str | None = None  # [schedule] weekly = "mon 08:00 Europe/Berlin": the weekly send, fixed here
+    notify: str | None = None  # the writer's address: how each scheduled send ended, by email
     config_path: Path | None = field(default=None, compare=False)
 
     def category(self, slug: str) -> Category | None:
@@ -113,6 +114,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "confirmations_per_day": ("NEWSLETTER_CONFIRMATIONS_PER_DAY", "count:1,100"),
     "misfire_grace_hours": ("NEWSLETTER_MISFIRE_GRACE_HOURS", "count:0,168"),
     "schedule": ("NEWSLETTER_SCHEDULE_WEEKLY", "schedule"),
+    "notify": ("NEWSLETTER_NOTIFY", "address"),
 }
 REQUIRED = ("name", "sender", "base_url", "postal_address")
 PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out", "outbox_dir": "outbox",

@@ -13,7 +13,7 @@
     ├── ProviderError               the email provider refused or failed a whole request
     │   ├── RateLimited             wait and retry (.retry_after seconds)
     │   ├── Unavailable             5xx, timeout, refused connection: retry with backoff
-    │   ├── QuotaExceeded           a daily or monthly quota: waiting will not help, pause
+    │   ├── QuotaExceeded           a daily or monthly quota: pause now; later, the scheduler retries
     │   └── Rejected                bad key, bad sender, ...: no retry can fix it, pause (.reason)
     └── SendError                   a send run cannot start or go on (.run_id, when a run is concerned)
         ├── AlreadySent             the issue has a finished run: send it again only on purpose

@@ -55,6 +55,9 @@ class Run:
     reason: str | None
     created_at: dt.datetime
     finished_at: dt.datetime | None
+    updated_at: dt.datetime | None = None  # for a paused run: when it paused
+    transient: bool = False  # paused for a reason time may fix (a quota, an outage)
+    auto_retries: int = 0  # how often the scheduler tried it again since someone last resumed it
 
 
 @dataclass
@@ -124,13 +127,30 @@ class Ledger:
         with self.engine.connect() as conn:
             return [_run(r) for r in conn.execute(query).mappings()]
 
-    def set_status(self, run_id: int, status: RunStatus, reason: str | None = None) -> None:
+    def set_status(self, run_id: int, status: RunStatus, reason: str | None = None, *,
+                   transient: bool = False) -> None:
+        """`transient`: a pause time may fix (a quota, an outage), which the scheduler retries."""
         now = utcnow()
-        values = {"status": status.value, "reason": reason, "updated_at": now}
+        values = {"status": status.value, "reason": reason, "updated_at": now,
+                  "pause_transient": transient and status == RunStatus.PAUSED}
         if status == RunStatus.FINISHED:
             values["finished_at"] = now
         with self.engine.begin() as conn:
             conn.execute(sa.update(send_runs).where(send_runs.c.id == run_id).values(**values))
+
+    def take_retry(self, run: Run) -> bool:
+        """Count one retry of paused `run` by a scheduler; False if another process took it (or
+        changed the run) first, so two schedulers never both retry one pause."""
+        with self.engine.begin() as conn:
+            return conn.execute(sa.update(send_runs).where(
+                send_runs.c.id == run.id, send_runs.c.status == RunStatus.PAUSED.value,
+                send_runs.c.pause_transient.is_(True), send_runs.c.auto_retries == run.auto_retries).values(
+                auto_retries=run.auto_retries + 1, pause_transient=False)).rowcount == 1
+
+    def forget_retries(self, run_id: int) -> None:
+        """Someone resumed the run: a later pause gets the scheduler's retries afresh."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(send_runs).where(send_runs.c.id == run_id).values(auto_retries=0))
 
     def acquire(self, run_id: int, seconds: float) -> None:
         """Take (or renew) the lease on a run: only one process sends a run at a time."""
@@ -165,6 +185,17 @@ class Ledger:
                                       .where(deliveries.c.run_id == run_id)
                                       .group_by(deliveries.c.state)).all())
         return {s.value: found.get(s.value, 0) for s in State}
+
+    def counts_by_variant(self, run_id: int) -> dict[str, dict[str, int]]:
+        """`counts` for each variant of the run."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(deliveries.c.variant, deliveries.c.state, sa.func.count())
+                                .where(deliveries.c.run_id == run_id)
+                                .group_by(deliveries.c.variant, deliveries.c.state)).all()
+        found: dict[str, dict[str, int]] = {}
+        for variant, state, count in rows:
+            found.setdefault(variant, {s.value: 0 for s in State})[state] = count
+        return dict(sorted(found.items()))
 
     def variants(self, run_id: int) -> list[str]:
         with self.engine.connect() as conn:
@@ -289,14 +320,15 @@ class Ledger:
                 deliveries.c.state == State.SENDING.value).values(
                 state=State.QUEUED.value, batch_key=None, email=None, token=None, updated_at=utcnow()))
 
-    def problems(self, run_id: int, limit: int = 1000) -> list[tuple[str | None, str, str | None]]:
-        """(email, state, reason) of the deliveries that failed or were skipped."""
+    def problems(self, run_id: int, limit: int = 1000, states: tuple[State, ...] = (State.FAILED, State.SKIPPED)
+                 ) -> list[tuple[str | None, str, str | None]]:
+        """(email, state, reason) of the deliveries that failed or were skipped (or `states`)."""
         with self.engine.connect() as conn:
             return [tuple(r) for r in conn.execute(
                 sa.select(readers.c.email, deliveries.c.state, deliveries.c.reason)
                 .select_from(deliveries.outerjoin(readers, readers.c.id == deliveries.c.reader_id))
                 .where(deliveries.c.run_id == run_id,
-                       deliveries.c.state.in_([State.FAILED.value, State.SKIPPED.value]))
+                       deliveries.c.state.in_([state.value for state in states]))
                 .order_by(deliveries.c.id).limit(limit))]
 
     def cancel(self, run_id: int) -> Run:
@@ -359,4 +391,5 @@ def _run(row) -> Run:
                digest_sha256=row["digest_sha256"], settings_sha256=row["settings_sha256"],
                subject=row["subject"], provider=row["provider"],
                status=RunStatus(row["status"]), reason=row["reason"], created_at=row["created_at"],
-               finished_at=row["finished_at"])
+               finished_at=row["finished_at"], updated_at=row["updated_at"],
+               transient=bool(row["pause_transient"]), auto_retries=row["auto_retries"] or 0)

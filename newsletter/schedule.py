@@ -5,6 +5,10 @@ store in the readers' database, so they survive restarts and every process sees 
                across daylight-saving changes): sends the digests that are due (`due.py`)
     once-...   one digest file at one moment
 
+The scheduler process also tries again, with backoff (`BACKOFF`), every run paused for a reason
+time may fix (a daily quota, an outage, a run of failed requests), and with `notify` set it emails
+the writer how each send it made ended.
+
 The jobs name their work by reference (`newsletter.schedule:run_weekly`, `run_once`); the
 scheduler process (`newsletter scheduler`) runs them. Declared in newsletter.toml
 (`[schedule] weekly = "mon 08:00 Europe/Berlin"`), the weekly schedule is the file's: the
@@ -26,14 +30,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.engine import Engine
 
+from . import notify
 from .errors import NewsletterError
-from .store import raw_errors
+from .store import raw_errors, utcnow
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WEEKLY = "weekly"
 TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 RUN_WEEKLY = "newsletter.schedule:run_weekly"
 RUN_ONCE = "newsletter.schedule:run_once"
+# After a pause that time may fix, the scheduler tries the run again this long after each pause;
+# after the last, the run stays paused for someone to look (`newsletter resume`).
+BACKOFF = (dt.timedelta(minutes=15), dt.timedelta(hours=1), dt.timedelta(hours=4))
+RETRIES = "retries"  # the scheduler's own job that looks for runs to retry (kept in memory)
+RETRY_EVERY = 60  # seconds between two looks
 
 
 class ScheduleError(NewsletterError):
@@ -190,6 +200,7 @@ def _scheduled(job) -> Scheduled:
 # -- what the schedules send ----------------------------------------------------------------------
 
 STOP = threading.Event()  # set by the scheduler process on SIGTERM: a send pauses after its batch
+SENDING = threading.Lock()  # one send at a time in a scheduler process: one provider rate limit
 SETTINGS: dict = {}  # the scheduler's settings (`--config` included), for the jobs it runs
 log = logging.getLogger("newsletter.schedule")
 
@@ -219,8 +230,12 @@ def send_due(settings, subscribers, ledger, *, today: dt.date, stop: threading.E
     if not found.due:
         report.nothing_ready = not report.failed
         log.info("nothing ready to send on %s in %s", today.isoformat(), settings.digests_dir)
-        return report
-    send_digests(settings, subscribers, ledger, found.due, report, stop=stop)
+    else:
+        send_digests(settings, subscribers, ledger, found.due, report, stop=stop)
+    if report.nothing_ready:
+        notify.nothing_ready(settings, today, not_yet=found.not_yet, unfinished=found.unfinished)
+    if report.failed:
+        notify.not_sent(settings, report.failed)
     return report
 
 
@@ -247,6 +262,7 @@ def send_digests(settings, subscribers, ledger, digests, report: DueReport, *,
             log.info("run %d of %s: %s%s", run.id, digest.slug, run.status.value,
                      f" ({run.reason})" if run.reason else "")
             report.runs.append((run, ledger.counts(run.id)))
+            tell(settings, ledger, run)
     finally:
         provider.close()
 
@@ -268,7 +284,7 @@ def _store() -> Iterator:
 
 def run_weekly(tz: str) -> DueReport:
     """The weekly job: the digests due today in the schedule's zone."""
-    with _store() as (settings, subscribers, ledger):
+    with SENDING, _store() as (settings, subscribers, ledger):
         return send_due(settings, subscribers, ledger, today=dt.datetime.now(zone(tz)).date(), stop=STOP)
 
 
@@ -277,12 +293,13 @@ def run_once(path: str) -> DueReport:
     from .digest import load_digest
 
     report = DueReport()
-    with _store() as (settings, subscribers, ledger):
+    with SENDING, _store() as (settings, subscribers, ledger):
         try:
             digest = load_digest(path, settings)
         except NewsletterError as e:
             log.error("not sent: %s", e)
             report.failed.append(str(e))
+            notify.not_sent(settings, report.failed)
             return report
         send_digests(settings, subscribers, ledger, [digest], report, stop=STOP)
     return report
@@ -294,9 +311,11 @@ def run_scheduler(settings, engine, done: threading.Event) -> None:
     """Run the schedules until `done` is set (SIGTERM, SIGINT): first resume every run a stopped
     process left sending, then fire each job when it is due. A job late by less than
     `misfire_grace_hours` still runs; later, it is skipped and logged; missed runs of one job
-    coalesce into one. Stopping pauses a send after the batch in flight."""
+    coalesce into one. Every minute, runs paused for a reason time may fix are retried when their
+    wait is over (`retry_paused`). Stopping pauses a send after the batch in flight."""
     from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
     from apscheduler.jobstores.base import JobLookupError
+    from apscheduler.jobstores.memory import MemoryJobStore
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -305,6 +324,7 @@ def run_scheduler(settings, engine, done: threading.Event) -> None:
     Schedules(engine).follow(settings)
     resume_interrupted(settings, engine)
     grace = max(1, settings.misfire_grace_hours * 3600)
+
     class Scheduler(BackgroundScheduler):
         def remove_job(self, job_id, jobstore=None):
             try:
@@ -312,9 +332,10 @@ def run_scheduler(settings, engine, done: threading.Event) -> None:
             except JobLookupError:  # another scheduler ran this one-off job and removed it first
                 log.info("%s was already removed by another scheduler", job_id)
 
-    scheduler = Scheduler(jobstores={"default": SQLAlchemyJobStore(engine=raw_errors(engine))},
-                                    timezone=dt.timezone.utc,
-                                    job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": grace})
+    scheduler = Scheduler(jobstores={"default": SQLAlchemyJobStore(engine=raw_errors(engine)),
+                                     "local": MemoryJobStore()},  # this process's own jobs
+                          timezone=dt.timezone.utc,
+                          job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": grace})
 
     def report(event) -> None:
         if event.code == EVENT_JOB_MISSED:
@@ -323,14 +344,16 @@ def run_scheduler(settings, engine, done: threading.Event) -> None:
                         settings.misfire_grace_hours)
         elif event.code == EVENT_JOB_ERROR:
             log.error("%s failed: %s", event.job_id, event.exception)
-        else:
+        elif event.job_id != RETRIES:
             log.info("%s done", event.job_id)
 
     scheduler.add_listener(report, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
     scheduler.start(paused=True)
-    for job in scheduler.get_jobs():  # today's grace and coalescing, whatever the job was stored with
+    for job in scheduler.get_jobs(jobstore="default"):  # today's grace and coalescing, whatever it was stored with
         job.modify(misfire_grace_time=grace, coalesce=True)
         log.info("schedule %s: next %s", job.id, job.next_run_time.isoformat() if job.next_run_time else "paused")
+    scheduler.add_job(_retry_job, "interval", seconds=RETRY_EVERY, id=RETRIES, jobstore="local",
+                      next_run_time=dt.datetime.now(dt.timezone.utc))
     scheduler.resume()
     try:
         done.wait()
@@ -344,9 +367,8 @@ def resume_interrupted(settings, engine) -> None:
     """Resume every run left `sending` by a process that stopped (crashed, killed, restarted), and
     every run a stopping scheduler paused; a run another process holds is its own to finish, and
     a run paused for any other reason (Ctrl-C, a bad key) is left alone."""
-    from .errors import RunBusy
     from .ledger import Ledger, RunStatus
-    from .send import PAUSED_BY_SCHEDULER, resume
+    from .send import PAUSED_BY_SCHEDULER
 
     ledger = Ledger(engine)
     for run in ledger.runs():
@@ -354,11 +376,84 @@ def resume_interrupted(settings, engine) -> None:
             run.status == RunStatus.PAUSED and run.reason == PAUSED_BY_SCHEDULER)
         if not interrupted or STOP.is_set():
             continue
-        try:
-            log.info("resuming run %d of %s", run.id, run.issue)
-            ended = resume(settings, ledger, run.id, stop=STOP, stop_reason=PAUSED_BY_SCHEDULER)
-            log.info("run %d of %s: %s", ended.id, ended.issue, ended.status.value)
-        except RunBusy:
-            log.info("run %d is being sent by another process", run.id)
-        except NewsletterError as e:
-            log.error("run %d not resumed: %s", run.id, e)
+        log.info("resuming run %d of %s", run.id, run.issue)
+        _resume(settings, ledger, run)
+
+
+def next_retry(run) -> dt.datetime | None:
+    """When the scheduler tries paused `run` again; None if it does not (not paused, paused for a
+    reason time does not fix, or retried `len(BACKOFF)` times already)."""
+    from .ledger import RunStatus
+
+    if run.status != RunStatus.PAUSED or not run.transient or run.auto_retries >= len(BACKOFF):
+        return None
+    return (run.updated_at or utcnow()) + BACKOFF[run.auto_retries]
+
+
+def retry_paused(settings, engine, *, now: dt.datetime | None = None) -> list:
+    """One look for runs paused for a reason time may fix whose wait (`BACKOFF`) is over: each is
+    resumed (its retry counted first, so two schedulers never both take one) and the runs as they
+    ended are returned. A run paused by the user or for a lasting reason is never touched."""
+    from .ledger import Ledger
+
+    now = now or utcnow()
+    ledger = Ledger(engine)
+    ended = []
+    for run in ledger.runs():
+        when = next_retry(run)
+        if when is None or when > now or STOP.is_set():
+            continue
+        if not ledger.take_retry(run):
+            continue  # another scheduler took this retry, or the run changed meanwhile
+        log.info("retrying run %d of %s (retry %d of %d), paused %s: %s", run.id, run.issue,
+                 run.auto_retries + 1, len(BACKOFF), f"{run.updated_at:%Y-%m-%d %H:%M} UTC", run.reason)
+        result = _resume(settings, ledger, run)
+        if result is not None:
+            ended.append(result)
+    return ended
+
+
+def _resume(settings, ledger, run):
+    """Resume `run` for the scheduler, log and tell the writer how it ended; None if it could not."""
+    from .errors import RunBusy
+    from .send import PAUSED_BY_SCHEDULER, resume
+
+    try:
+        ended = resume(settings, ledger, run.id, stop=STOP, stop_reason=PAUSED_BY_SCHEDULER)
+    except RunBusy:
+        log.info("run %d is being sent by another process", run.id)
+        return None
+    except NewsletterError as e:
+        log.error("run %d not resumed: %s", run.id, e)
+        notify.send_notification(settings, f"Not resumed: {run.subject}", [
+            f"The scheduler could not resume run {run.id} of {run.issue}: {e}", "",
+            "It stays paused. Once the cause is fixed:", "", f"    {notify.resume_command(settings, run)}"])
+        return None
+    log.info("run %d of %s: %s%s", ended.id, ended.issue, ended.status.value,
+             f" ({ended.reason})" if ended.reason else "")
+    tell(settings, ledger, ended)
+    return ended
+
+
+def tell(settings, ledger, run) -> None:
+    """Notify the writer how a run the scheduler sent ended (not when the scheduler itself stopped
+    it: the next start resumes it)."""
+    from .send import PAUSED_BY_SCHEDULER
+
+    if run.reason == PAUSED_BY_SCHEDULER:
+        return
+    when = next_retry(run)
+    if when is not None:
+        log.info("run %d: the scheduler tries again at %s", run.id, f"{when:%Y-%m-%d %H:%M} UTC")
+    notify.run_ended(settings, ledger, run, retry_at=when, retries=run.auto_retries)
+
+
+def _retry_job() -> None:
+    """The scheduler's look for runs to retry; it waits for no send (the next look comes soon)."""
+    if not SENDING.acquire(blocking=False):
+        return
+    try:
+        with _store() as (settings, subscribers, _ledger):
+            retry_paused(settings, subscribers.engine)
+    finally:
+        SENDING.release()

@@ -290,6 +290,16 @@ class Throttle:
         self.next_at = max(self.next_at, self.clock() + seconds)
 
 
+@dataclass(frozen=True)
+class Pause:
+    """Why a run stops before its end. `transient`: time may fix it (a daily quota, an outage, a
+    run of failed requests), so the scheduler tries again later; otherwise (Ctrl-C, a bad API key,
+    a refused sender) the run waits for someone to look."""
+
+    reason: str
+    transient: bool = False
+
+
 class Sender:
     """Sends a run's batches through a provider, recording every answer in the ledger."""
 
@@ -328,20 +338,20 @@ class Sender:
                             skipped=counts["skipped"])
         try:
             self.ledger.set_status(run.id, RunStatus.SENDING)
-            reason = self._loop(run, progress, on_progress)
-            if reason is not None:
-                self.ledger.set_status(run.id, RunStatus.PAUSED, reason)
+            pause = self._loop(run, progress, on_progress)
+            if pause is not None:
+                self.ledger.set_status(run.id, RunStatus.PAUSED, pause.reason, transient=pause.transient)
             elif not self.ledger.unfinished(run.id):
                 self.ledger.set_status(run.id, RunStatus.FINISHED)
         finally:
             self.ledger.release(run.id)
         return self.ledger.run(run.id)
 
-    def _loop(self, run: Run, progress: Progress, on_progress) -> str | None:
+    def _loop(self, run: Run, progress: Progress, on_progress) -> Pause | None:
         pending = self.ledger.in_flight(run.id)  # first what a stop left in flight
         while True:
             if self.stopping.is_set():
-                return self.stop_reason
+                return Pause(self.stop_reason)
             batch = pending.pop(0) if pending else self.ledger.claim(run.id, self.batch_size)
             if batch is None:
                 return None
@@ -349,9 +359,9 @@ class Sender:
             if not batch.recipients:
                 continue
             messages = [self.composer.message(f"r{run.id}-{r.delivery_id}", r) for r in batch.recipients]
-            reason = self._deliver(batch, messages, progress)
-            if reason is not None:
-                return reason
+            pause = self._deliver(batch, messages, progress)
+            if pause is not None:
+                return pause
             if on_progress:
                 on_progress(progress)
 
@@ -361,14 +371,14 @@ class Sender:
             self.ledger.acquire(self.run_id, LEASE_SECONDS)
             self.leased_at = self.clock()
 
-    def _deliver(self, batch: Batch, messages: list[Message], progress: Progress) -> str | None:
-        """Send one batch until the provider answers; the reason to pause if it will not."""
+    def _deliver(self, batch: Batch, messages: list[Message], progress: Progress) -> Pause | None:
+        """Send one batch until the provider answers; why to pause if it will not."""
         rate_limited, unknown = 0, False  # unknown: a request may have been done without an answer
 
-        def refused(reason: str) -> str:
+        def refused(reason: str, transient: bool = False) -> Pause:
             if not unknown:  # every attempt was refused as a whole: nothing was delivered
                 self.ledger.requeue(batch)
-            return reason
+            return Pause(reason, transient)
 
         while True:
             retrying = bool(self.failures or rate_limited)
@@ -383,26 +393,27 @@ class Sender:
                 rate_limited += 1
                 progress.retries += 1
                 if rate_limited > self.max_failures * 10:
-                    return refused(f"the provider kept refusing for rate limits: {e}")
+                    return refused(f"the provider kept refusing for rate limits: {e}", transient=True)
                 self.throttle.defer(e.retry_after if e.retry_after is not None else 1.0)
                 continue
             except QuotaExceeded as e:
-                return refused(f"quota exceeded, waiting will not help: {e}")
+                return refused(f"quota exceeded: {e}", transient=True)
             except Rejected as e:
                 return refused(f"the provider refused the request: {e}")
             except (Unavailable, ProviderError) as e:
                 unknown = True
                 if self._failed(progress):
-                    return f"{self.failures} failed requests in a row, last: {e}"
+                    return Pause(f"{self.failures} failed requests in a row, last: {e}", transient=True)
                 continue
             sent, failed = self.ledger.record(batch, result.outcomes)
             progress.sent += sent
             progress.failed += failed
             if result.pause:
-                return result.pause
+                return Pause(result.pause)  # refused for good (the sender): time will not fix it
             if result.trouble:
                 if self._failed(progress):
-                    return f"{self.failures} failed requests in a row, last: {result.trouble}"
+                    return Pause(f"{self.failures} failed requests in a row, last: {result.trouble}",
+                                 transient=True)
             else:
                 self.failures = 0
             if result.wait:
@@ -418,6 +429,15 @@ class Sender:
         delay = min(self.max_delay, self.base_delay * 2 ** (self.failures - 1))
         self.throttle.defer(delay * (0.5 + self.jitter() / 2))  # jitter: never in lockstep
         return False
+
+
+def describe_variant(settings: Settings, key: str) -> str:
+    """A variant as a writer reads it: the names of its categories."""
+    slugs = categories_of(key)
+    if slugs is None:
+        return "every story (readers with no categories)"
+    names = [settings.category(s).name if settings.category(s) else s for s in slugs]
+    return ", ".join(names) or "stories for everyone only"
 
 
 # -- the workflow: what `newsletter send` and `resume`, a scheduler and workers all call ---------

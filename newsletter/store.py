@@ -119,6 +119,9 @@ class SendRunRow(Base):
     provider: Mapped[str] = mapped_column(sa.String(16))
     status: Mapped[str] = mapped_column(sa.String(16), index=True)
     reason: Mapped[str | None] = mapped_column(sa.Text)  # why it paused
+    # Time may fix what paused it (a quota, an outage): the scheduler tries again with backoff.
+    pause_transient: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    auto_retries: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")  # the scheduler's
     lease_owner: Mapped[str | None] = mapped_column(sa.String(200))  # the process sending it
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
