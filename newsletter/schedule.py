@@ -284,8 +284,10 @@ def _store() -> Iterator:
 
 def run_weekly(tz: str) -> DueReport:
     """The weekly job: the digests due today in the schedule's zone."""
+    today = dt.datetime.now(zone(tz)).date()
+    log.info("weekly job fired: the digests due on %s", today.isoformat())
     with SENDING, _store() as (settings, subscribers, ledger):
-        return send_due(settings, subscribers, ledger, today=dt.datetime.now(zone(tz)).date(), stop=STOP)
+        return send_due(settings, subscribers, ledger, today=today, stop=STOP)
 
 
 def run_once(path: str) -> DueReport:
@@ -293,6 +295,7 @@ def run_once(path: str) -> DueReport:
     from .digest import load_digest
 
     report = DueReport()
+    log.info("one-off job fired: %s", path)
     with SENDING, _store() as (settings, subscribers, ledger):
         try:
             digest = load_digest(path, settings)
