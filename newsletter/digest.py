@@ -159,7 +159,8 @@ def _render_image(self, tokens, idx, options, env) -> str:
     token = tokens[idx]
     alt = self.renderInlineAsText(token.children or [], options, env)
     src = _escape(token.attrGet("src") or "")
-    return f'<img src="{src}" alt="{_escape(alt)}" class="img" width="592">'
+    # The email codes the image at its column's width (render.py knows the layout, not the digest).
+    return f'<img class="img" src="{src}" alt="{_escape(alt)}">'
 
 
 def _escape(text: str) -> str:

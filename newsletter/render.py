@@ -31,6 +31,25 @@ REF_STYLE = "font-size:12px;line-height:0"
 REF_LINK_STYLE = f"{LINK_STYLE};text-decoration:none;font-weight:600;padding:0 1px"
 PLACEHOLDER_RE = re.compile("%%(" + "|".join(LINK_NAMES) + ")%%")
 ANCHOR_RE = re.compile(r'\sid="([^"]+)"')
+IMAGE_TAG = '<img class="img" '  # as digest.py writes an image of the Markdown
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The email's one column, in pixels: the template draws the page with these numbers, and
+    images are coded at the column's width (Outlook for Windows shows an image at its `width`
+    attribute and ignores CSS `max-width`)."""
+
+    width: int = 640  # the page on a desktop screen
+    gutter: int = 32  # padding either side of the text
+
+    @property
+    def column(self) -> int:
+        return self.width - 2 * self.gutter
+
+
+LAYOUT = Layout()
+IMAGE_SIZED = f'<img class="img" width="{LAYOUT.column}" '
 
 logging.getLogger("cssutils").setLevel(logging.CRITICAL)
 
@@ -166,7 +185,7 @@ class Renderer:
             "preheader": self.preheader(digest),
             "sections": sections, "notes_after": notes_after,
             "end_notes": notes_after.get(len(variant.sections), []),
-            "links": PLACEHOLDERS,
+            "links": PLACEHOLDERS, "layout": LAYOUT,
         }
 
     def mjml(self, variant: Variant) -> str:
@@ -196,6 +215,9 @@ class Renderer:
         inlined = _Inliner(
             html, css_text=self.css, allow_network=False, keep_style_tags=False,
             strip_important=False, remove_classes=False, disable_validation=True,
+            # CSS width/height never become attributes: height="auto" is invalid, and an image keeps
+            # the pixel width it is coded at (Outlook for Windows draws it at that width).
+            disable_basic_attributes=["width", "height"],
             cssutils_logging_level=logging.CRITICAL, cache_css_parsing=True,
         ).transform(pretty_print=False)
         return f"{DOCTYPE}\n{inlined}" if not inlined.lstrip().lower().startswith("<!doctype") else inlined
@@ -278,7 +300,7 @@ def preview_links(settings: Settings, digest: Digest) -> dict[str, str]:
 def _section_view(section: Section, numbering: dict[str, Note], backrefs: dict[str, list[str]],
                   html: bool) -> dict:
     def fill(value: str) -> str:
-        out = _number_refs(value, numbering, backrefs) if html else \
+        out = _number_refs(value, numbering, backrefs).replace(IMAGE_TAG, IMAGE_SIZED) if html else \
             REF_RE.sub(lambda m: str(numbering[m.group(1)].number), value)
         return Markup(out) if html else out
 

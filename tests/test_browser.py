@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.render import personalize, preview_links
+from newsletter.render import LAYOUT, personalize, preview_links
 
 from .conftest import ARTIFACTS, ROOT
 
@@ -115,8 +115,18 @@ def test_no_horizontal_overflow(browser, site, width, variant):
     natural, shown = image
     assert natural == 1200, "the test image loaded"
     assert shown <= width - 2 * 16, "the image scales down to the column"
-    assert shown >= min(width - 2 * 32, 592) - 1, "and still fills it"
+    assert shown >= min(width - 2 * LAYOUT.gutter, LAYOUT.column) - 1, "and still fills it"
     screenshot(browser, f"{variant}-{width}")
+
+
+def test_images_are_coded_at_the_width_of_their_column(browser, site):
+    """Outlook for Windows draws an image at its width attribute: it must be the column's real width."""
+    show(browser, f"{site}/all.html", 1024)
+    coded, shown, column = browser.execute_script("""
+        const img = document.querySelector('img.img'), cell = img.closest('td.copy'), style = getComputedStyle(cell);
+        return [Number(img.getAttribute('width')), img.getBoundingClientRect().width,
+                cell.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)];""")
+    assert coded == column == shown == LAYOUT.column
 
 
 def contrast(fg, bg) -> float:
@@ -207,3 +217,31 @@ def test_footnote_reference_jumps_to_its_note_and_back(browser, site):
     browser.execute_script("arguments[0].click()", back)
     top = browser.execute_script("return arguments[0].getBoundingClientRect().top", ref)
     assert -2 <= top < 100, "the back-reference returns to the citation"
+
+
+@pytest.fixture(scope="module")
+def blind_browser():
+    """Chromium with images blocked, as many mail clients open an email until the reader allows them."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS + ["--blink-settings=imagesEnabled=false"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.parametrize("width", [320, 375])
+def test_layout_holds_with_images_blocked(blind_browser, site, width):
+    """The alt text of a blocked image stays inside the column: no wider page, no sideways scroll."""
+    show(blind_browser, f"{site}/all.html", width)
+    loaded = blind_browser.execute_script("const i = document.querySelector('img.img'); return i.complete && i.naturalWidth")
+    assert loaded == 0, "the image is blocked"
+    found = blind_browser.execute_script(OVERFLOW)
+    assert found["inner"] == width
+    assert found["scroll"] <= width, found
+    assert found["wide"] == [], found
+    screenshot(blind_browser, f"all-{width}-images-blocked")

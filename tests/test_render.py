@@ -136,6 +136,9 @@ def test_html_is_a_complete_offline_email(renderer, example):
     html5lib.HTMLParser(strict=True).parse(page)  # raises on a parse error
     assert "prefers-color-scheme: dark" in page and "[data-ogsc]" in page
     assert "max-width:100%" in page.replace(" ", "")  # images scale down
+    assert 'height="auto"' not in page, "not a valid value of the height attribute"
+    images = lxml_html.fromstring(page).xpath("//img")
+    assert images and all(img.get("width", "").isdigit() for img in images), "Outlook needs a width in pixels"
 
 
 def test_size_of_the_long_digest(renderer, example):
