@@ -325,7 +325,7 @@ def _number_refs(html: str, numbering: dict[str, Note], backrefs: dict[str, list
         # Styled here rather than by premailer: references are the most frequent element, and
         # each element premailer styles costs it time.
         return (f'<sup class="fnref" style="{REF_STYLE}"><a href="#{note.anchor}" name="{anchor}" '
-                f'id="{anchor}" style="{REF_LINK_STYLE}">{note.number}</a></sup>')
+                f'id="{anchor}" style="{REF_LINK_STYLE}" aria-label="Note {note.number}">{note.number}</a></sup>')
     return REF_RE.sub(ref, html)
 
 

@@ -206,6 +206,48 @@ def test_each_kind_of_text_has_its_intended_colour(browser, site, mode):
     screenshot(browser, f"all-640-{mode.replace('.', '-')}")
 
 
+def test_back_links_are_tap_targets_of_24_px(browser, site):
+    show(browser, f"{site}/all.html", 375)
+    sizes = browser.execute_script(
+        "return Array.from(document.querySelectorAll('a.back'), a => [a.textContent, "
+        "a.getBoundingClientRect().width, a.getBoundingClientRect().height])")
+    assert len(sizes) > 20
+    small = [s for s in sizes if s[1] < 24 or s[2] < 24]
+    assert small == [], f"{len(small)} back-links smaller than 24 x 24 px: {small[:3]}"
+
+
+LINES = """
+const out = [];
+for (const quote of document.querySelectorAll('.note-quote')) {
+  const range = document.createRange();
+  range.selectNodeContents(quote);
+  const lines = [];
+  for (const r of range.getClientRects()) {
+    const line = lines.find(l => Math.abs(l.top - r.top) < 4);
+    if (line) line.left = Math.min(line.left, r.left); else lines.push({top: r.top, left: r.left});
+  }
+  lines.sort((a, b) => a.top - b.top);
+  const number = quote.parentElement.querySelector('b').getBoundingClientRect().left;
+  out.push({number, lines: lines.map(l => l.left), display: getComputedStyle(quote).display});
+}
+return out;
+"""
+
+
+def test_a_notes_quote_is_an_indented_block_its_quotation_mark_hanging(browser, site):
+    show(browser, f"{site}/all.html", 375)
+    quotes = browser.execute_script(LINES)
+    assert len(quotes) == 18
+    assert any(len(q["lines"]) > 2 for q in quotes), "some quotes wrap at 375 px"
+    for q in quotes:
+        first, *rest = q["lines"]
+        assert q["display"] == "block", "the quote starts on a line of its own"
+        assert all(abs(left - rest[0]) < 0.5 for left in rest), f"every line after the first starts alike: {q}"
+        if rest:
+            assert 2 <= rest[0] - first <= 8, f"only the opening quotation mark hangs: {q}"
+        assert first >= q["number"] + 12, f"the quote is indented under its note: {q}"
+
+
 def test_footnote_reference_jumps_to_its_note_and_back(browser, site):
     show(browser, f"{site}/all.html", 375)
     ref = browser.find_elements("css selector", "sup.fnref a")[5]

@@ -32,7 +32,7 @@ def expected_notes(source: str, categories):
 def graph(page: str):
     tree = lxml_html.fromstring(page)
     refs = tree.xpath("//sup[@class='fnref']/a")
-    notes = tree.xpath("//p[@class='note']")
+    notes = tree.xpath("//div[@class='note']")
     return tree, refs, notes
 
 
@@ -55,6 +55,7 @@ def test_every_reference_links_to_its_note_and_back(renderer, example, source, c
     for a in refs:
         assert a.get("id") == a.get("name"), "reference anchors carry name and id"
         assert a.get("href") == f"#fn-{a.text}"
+        assert a.get("aria-label") == f"Note {a.text}", "a screen reader says what the number is"
         by_number.setdefault(int(a.text), []).append(a.get("id"))
     assert len({a.get("id") for a in refs}) == len(refs), "reference ids are unique"
 
@@ -64,6 +65,9 @@ def test_every_reference_links_to_its_note_and_back(renderer, example, source, c
         assert note.xpath("string(b)") == f"{number}."
         backrefs = [a.get("href") for a in note.xpath(".//a[@class='back']")]
         assert backrefs == [f"#{i}" for i in by_number[number]], f"note {number} links back to each citation"
+        labels = [a.get("aria-label") for a in note.xpath(".//a[@class='back']")]
+        count = len(backrefs)
+        assert labels == [f"Back to reference {i} of {count}" for i in range(1, count + 1)]
         assert note.xpath("string(span[@class='domain'])") in note.xpath("string(a[2]/@href)")
 
 
