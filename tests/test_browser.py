@@ -119,6 +119,16 @@ def test_no_horizontal_overflow(browser, site, width, variant):
     screenshot(browser, f"{variant}-{width}")
 
 
+def test_cards_are_16_px_apart(browser, site):
+    show(browser, f"{site}/all.html", 640)
+    gaps = browser.execute_script("""
+        const cells = Array.from(document.querySelectorAll('.card > table > tbody > tr > td'));
+        const white = cells.map(td => { const top = td.getBoundingClientRect().top + td.clientTop;
+            return [top, top + td.clientHeight]; });
+        return white.slice(1).map((w, i) => w[0] - white[i][1]);""")
+    assert len(gaps) >= 4 and all(abs(gap - 16) < 1 for gap in gaps), gaps
+
+
 def test_images_are_coded_at_the_width_of_their_column(browser, site):
     """Outlook for Windows draws an image at its width attribute: it must be the column's real width."""
     show(browser, f"{site}/all.html", 1024)

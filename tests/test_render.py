@@ -145,6 +145,18 @@ def test_html_is_a_complete_offline_email(renderer, example):
     assert images and all(img.get("width", "").isdigit() for img in images), "Outlook needs a width in pixels"
 
 
+def test_outlook_for_windows_gets_boxes_it_can_draw(renderer, example):
+    """Outlook for Windows ignores padding on a div and draws no border wider than 8 px."""
+    tree = lxml_html.fromstring(renderer.render(example).html)
+    boxes = tree.xpath("//*[contains(concat(' ', @class, ' '), ' tldr ')]")
+    assert len(boxes) == 4, "the opening's and each story's TL;DR"
+    for box in boxes:
+        assert box.tag == "td" and "padding:" in box.get("style", ""), "the TL;DR's padding is on a table cell"
+    widths = [int(w) for style in tree.xpath("//@style")
+              for w in re.findall(r"border(?:-(?:top|bottom|left|right))?(?:-width)?:\s*(\d+)px", style)]
+    assert widths and max(widths) <= 8, f"borders of {sorted(set(widths))} px"
+
+
 def test_size_of_the_long_digest(renderer, example):
     email = renderer.render(example)
     assert len(EXAMPLE.read_bytes()) > 20_000 and len(example.footnotes) == 18
