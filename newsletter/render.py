@@ -31,6 +31,7 @@ REF_STYLE = "font-size:12px;line-height:0"
 REF_LINK_STYLE = f"{LINK_STYLE};text-decoration:none;font-weight:600;padding:0 1px"
 PLACEHOLDER_RE = re.compile("%%(" + "|".join(LINK_NAMES) + ")%%")
 ANCHOR_RE = re.compile(r'\sid="([^"]+)"')
+PREHEADER_FILLER = 60  # invisible characters x 3 after the preheader: inboxes show 90-140 characters
 IMAGE_TAG = '<img class="img" '  # as digest.py writes an image of the Markdown
 
 
@@ -145,6 +146,7 @@ class Renderer:
             autoescape=jinja2.select_autoescape(["mjml", "html"], default_for_string=False),
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         )
+        self.env.filters["compact_css"] = compact_css
         self.css = self._load("email/inline.css")
 
     def _load(self, name: str) -> str:
@@ -185,7 +187,7 @@ class Renderer:
             "preheader": self.preheader(digest),
             "sections": sections, "notes_after": notes_after,
             "end_notes": notes_after.get(len(variant.sections), []),
-            "links": PLACEHOLDERS, "layout": LAYOUT,
+            "links": PLACEHOLDERS, "layout": LAYOUT, "preheader_filler": PREHEADER_FILLER,
         }
 
     def mjml(self, variant: Variant) -> str:
@@ -207,9 +209,7 @@ class Renderer:
             html = mjml.mjml2html(source, fonts={}, disable_comments=True)
         except ValueError as e:
             raise RenderError(f"MJML could not compile the email (is some raw HTML in the digest broken?): {e}") from None
-        # premailer must leave MJML's own <style> blocks (media queries, client resets) alone;
-        # only the CSS of inline.css is inlined.
-        return html.replace("<style", '<style data-premailer="ignore"')
+        return finish(html)
 
     def inline(self, html: str) -> str:
         inlined = _Inliner(
@@ -221,6 +221,24 @@ class Renderer:
             cssutils_logging_level=logging.CRITICAL, cache_css_parsing=True,
         ).transform(pretty_print=False)
         return f"{DOCTYPE}\n{inlined}" if not inlined.lstrip().lower().startswith("<!doctype") else inlined
+
+
+def compact_css(css: str) -> str:
+    """CSS without comments and needless spaces: the <head> styles cost bytes in every email."""
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+    css = re.sub(r"\s+", " ", css)
+    css = re.sub(r" ?([{};,]) ?", r"\1", css)
+    return css.replace(": ", ":").replace(" !important", "!important").strip()
+
+
+def finish(compiled: str) -> str:
+    """What the HTML an MJML compiler made needs before inlining (mjml-python's or the official one's)."""
+    # premailer must leave MJML's own <style> blocks (media queries, client resets) alone;
+    # only the CSS of inline.css is inlined.
+    html = compiled.replace("<style", '<style data-premailer="ignore"')
+    # Gmail turns <body> into a <div> after a <u>, keeping the id: `u + #body a` in dark.css
+    # stops it from colouring the dates and addresses it links by itself.
+    return html.replace("<body", '<body id="body"', 1)
 
 
 def check_whole(compiled: str, inlined: str, text: str) -> None:

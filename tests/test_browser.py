@@ -297,3 +297,38 @@ def test_layout_holds_with_images_blocked(blind_browser, site, width):
     assert found["scroll"] <= width, found
     assert found["wide"] == [], found
     screenshot(blind_browser, f"all-{width}-images-blocked")
+
+
+DETECTED = """
+const [where, how] = arguments;
+const p = document.querySelector(where);
+const a = document.createElement('a');
+if (how === 'apple') { a.href = 'x-apple-data-detectors://0'; a.setAttribute('x-apple-data-detectors', 'true'); }
+else {  // Samsung Mail shows the email inside <div id="MessageViewBody"> and links what it recognises
+  const view = document.createElement('div');
+  view.id = 'MessageViewBody';
+  view.append(...document.body.childNodes);
+  document.body.append(view);
+  a.href = 'geo:0,0?q=address';
+}
+a.append(...p.childNodes);
+p.append(a);
+const text = getComputedStyle(p), link = getComputedStyle(a);
+return [text.color, link.color, link.textDecorationLine, text.fontSize, link.fontSize];
+"""
+
+
+@pytest.mark.parametrize("where, how", [(".masthead", "apple"), ("p.footer:last-child", "samsung")])
+def test_dates_and_addresses_a_mail_app_links_look_like_the_text(browser, site, where, how):
+    """Apple Mail links dates, Samsung Mail addresses: the link keeps the text's colour and size."""
+    show(browser, f"{site}/all.html", 375)
+    text_colour, link_colour, underline, text_size, link_size = browser.execute_script(DETECTED, where, how)
+    assert (link_colour, underline, link_size) == (text_colour, "none", text_size)
+
+
+def test_preheader_is_not_seen(browser, site):
+    show(browser, f"{site}/all.html", 375)
+    shown = browser.execute_script(
+        "const d = Array.from(document.querySelectorAll('div')).find(d => d.textContent.startsWith('A self-checking'));"
+        "return [d.getClientRects().length, getComputedStyle(d).display]")
+    assert shown == [0, "none"]

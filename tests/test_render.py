@@ -138,7 +138,7 @@ def test_html_is_a_complete_offline_email(renderer, example):
     assert "fonts.googleapis" not in page and "@font-face" not in page
     assert 'http-equiv="Content-Type"' in page
     html5lib.HTMLParser(strict=True).parse(page)  # raises on a parse error
-    assert "prefers-color-scheme: dark" in page and "[data-ogsc]" in page
+    assert re.search(r"prefers-color-scheme: ?dark", page) and "[data-ogsc]" in page
     assert "max-width:100%" in page.replace(" ", "")  # images scale down
     assert 'height="auto"' not in page, "not a valid value of the height attribute"
     images = lxml_html.fromstring(page).xpath("//img")
@@ -164,15 +164,47 @@ def test_size_of_the_long_digest(renderer, example):
     assert email.warnings() == []
 
 
+FILLER = "\u034f\u200c\u00a0"  # &#847;&zwnj;&nbsp;: nothing a reader sees, yet text to an inbox
+
+
+def preheader(page: str):
+    """The hidden preview text: the first element of the body with any text in it."""
+    body = lxml_html.fromstring(page).body
+    return next(e for e in body.iter() if (e.text or "").strip())
+
+
 def test_preheader_comes_from_the_preheader_or_the_dek(tmp_path, settings, renderer):
     email = renderer.render(load_digest(EXAMPLE, settings))
-    assert "A self-checking 7B prover" in email.html.split("<div", 2)[1]  # the first, hidden div
+    assert preheader(email.html).text.startswith("A self-checking 7B prover")
     no_preheader = tmp_path / "dek.md"
     no_preheader.write_text(re.sub(r"^preheader:.*\n", "", EXAMPLE.read_text(), flags=re.M))
     email = renderer.render(load_digest(no_preheader, settings))
     assert email.preheader.startswith("An open prover that learns")
-    hidden = email.html.split('<div style="display:none', 1)[1].split("</div>", 1)[0]
-    assert "An open prover that learns" in hidden
+    assert preheader(email.html).text.startswith("An open prover that learns")
+
+
+def test_preheader_is_hidden_everywhere_and_padded(renderer, example):
+    """Hidden by display (and mso-hide for Outlook), never by a colour like the background, which
+    spam filters score; invisible filler keeps inboxes from adding body text to the preview."""
+    hidden = preheader(renderer.render(example).html)
+    style = hidden.get("style").replace(" ", "")
+    for rule in ("display:none", "mso-hide:all", "max-height:0", "overflow:hidden"):
+        assert rule in style
+    assert "color" not in style and "font-size" not in style, "no colour trick, no tiny font"
+    text = hidden.text_content()
+    assert text.startswith(example.preheader)
+    assert text[len(example.preheader):] == FILLER * 60
+
+
+def test_dates_and_addresses_are_not_made_links_by_mail_apps(renderer, example):
+    page = renderer.render(example).html
+    tree = lxml_html.fromstring(page)
+    assert tree.xpath("//meta[@name='format-detection']/@content") == [
+        "telephone=no,date=no,address=no,email=no,url=no"]
+    assert tree.body.get("id") == "body", "Gmail keeps the id of <body>: u + #body"
+    head_css = "".join(tree.xpath("//head/style/text()"))
+    for selector in ("a[x-apple-data-detectors]", "#MessageViewBody a", "u + #body a"):
+        assert selector + "{color:inherit" in head_css, selector
 
 
 def test_footer_links_are_placeholders_until_personalized(renderer, example, session_settings):
