@@ -312,3 +312,35 @@ def test_story_headings_carry_name_and_id(renderer, example, categories):
     for section in headed:
         target = tree.xpath(f"//h2/a[@name='{section.anchor}'][@id='{section.anchor}']")
         assert len(target) == 1, f"{section.anchor}: Gmail and Outlook jump only to <a name>"
+
+
+# -- spam filters: SpamAssassin's local rules on a message as the outbox writes it ----------------
+
+def spamassassin(message: bytes, home) -> tuple[float, dict[str, float]]:
+    """SpamAssassin's score for `message` and the points of each rule it hit (local rules only)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("spamassassin"):
+        pytest.skip("SpamAssassin is not installed (Debian package spamassassin; scripts/test.sh installs it)")
+    done = subprocess.run(["spamassassin", "-L", "-t"], input=message, capture_output=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(home)})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    report = done.stdout.decode(errors="replace")
+    score = float(re.search(r"^X-Spam-Status: \w+, score=(-?[\d.]+)", report, re.M).group(1))
+    table = report.split("---- ---------------------- ", 1)[1]
+    return score, {rule: float(points) for points, rule in re.findall(r"^\s*(-?\d+\.\d+) ([A-Z0-9_]+)", table, re.M)}
+
+
+def test_spamassassin_finds_nothing_wrong_with_the_html(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'subscribers.db'}")
+    monkeypatch.setenv("NEWSLETTER_OUTBOX_DIR", str(tmp_path / "outbox"))
+    assert run("subscribers", "add", "reader@example.com").code == 0
+    sent = run("send", EXAMPLE, "--yes")
+    assert sent.code == 0, sent.err
+    [message] = (tmp_path / "outbox").glob("*.eml")
+    score, rules = spamassassin(message.read_bytes(), tmp_path)
+    print(f"SpamAssassin: score {score}, rules {rules}")
+    assert "HTML_FONT_LOW_CONTRAST" not in rules, "text coloured like its background"
+    assert {rule: points for rule, points in rules.items() if rule.startswith("HTML_") and points} == {}
+    assert score <= 0.5, rules
