@@ -332,3 +332,84 @@ def test_preheader_is_not_seen(browser, site):
         "const d = Array.from(document.querySelectorAll('div')).find(d => d.textContent.startsWith('A self-checking'));"
         "return [d.getClientRects().length, getComputedStyle(d).display]")
     assert shown == [0, "none"]
+
+
+# -- the official MJML compiler: writers who override templates check them in MJML's own tools ---
+
+OFFICIAL_MJML = ROOT / "tools" / "mjml"
+
+
+def official_mjml(source: str) -> str:
+    """`source` compiled by the official MJML compiler (npm `mjml`, strict validation)."""
+    import subprocess
+
+    node = shutil.which("node")
+    if not node or not (OFFICIAL_MJML / "node_modules" / "mjml").is_dir():
+        pytest.skip("the official MJML compiler is not installed (needs node and npm; scripts/test.sh "
+                    "installs it into tools/mjml)")
+    done = subprocess.run([node, str(OFFICIAL_MJML / "compile.js")], input=source, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, f"the official compiler refuses the template: {done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def both_compilers(tmp_path_factory, site, renderer, example, session_settings):
+    """The example email compiled by mjml-python and by the official compiler, then finished the same way."""
+    from newsletter.render import finish, select
+
+    source = renderer.mjml(select(example))
+    folder = tmp_path_factory.mktemp("compilers")
+    pages = {}
+    for name, compiled in (("mjml-python", renderer.compile(source)), ("official", finish(official_mjml(source)))):
+        page = personalize(renderer.inline(compiled), preview_links(session_settings, example))
+        (folder / f"{name}.html").write_text(page.replace(session_settings.base_url, site))
+        pages[name] = (folder / f"{name}.html").as_uri()
+    return pages
+
+
+LOOK = """
+function bg(el) {
+  for (; el; el = el.parentElement) {
+    const c = getComputedStyle(el).backgroundColor;
+    if (c !== 'rgba(0, 0, 0, 0)') return c;
+  }
+  return 'canvas';
+}
+function gutters() {  // beside the cards (on a wide screen), and below the footer
+  const found = innerWidth > 700 ? [bg(document.elementFromPoint(8, 400)), bg(document.elementFromPoint(innerWidth - 8, 400))] : [];
+  window.scrollTo(0, document.documentElement.scrollHeight);
+  found.push(bg(document.elementFromPoint(8, innerHeight - 4)));
+  window.scrollTo(0, 0);
+  return found;
+}
+const card = document.querySelector('.card');
+const colours = {};
+for (const [name, selector] of arguments[0]) colours[name] = getComputedStyle(document.querySelector(selector)).color;
+return {
+  body: getComputedStyle(document.body).backgroundColor,
+  gutters: gutters(),
+  card: [card.getBoundingClientRect().width, getComputedStyle(card).backgroundColor],
+  page: document.documentElement.scrollWidth,
+  colours,
+};
+"""
+
+
+@pytest.mark.parametrize("width", [1024, 375])
+@pytest.mark.parametrize("dark", [False, True])
+def test_the_official_mjml_compiler_renders_the_same(browser, both_compilers, dark, width):
+    seen = {}
+    for name, url in both_compilers.items():
+        show(browser, url, width, dark=dark)
+        seen[name] = browser.execute_script(LOOK, [[k, v[0]] for k, v in INTENDED.items()])
+    page = "rgb(16, 17, 20)" if dark else "rgb(243, 240, 232)"
+    for name, look in seen.items():
+        assert look["body"] == page and set(look["gutters"]) == {page}, f"{name}: {look}"
+        assert look["card"] == [min(width, LAYOUT.width), CARD["dark" if dark else "light"]], f"{name}: {look}"
+    assert seen["official"] == seen["mjml-python"]
+    shots = {}
+    for name, url in both_compilers.items():
+        show(browser, url, width, dark=dark)
+        shots[name] = browser.execute_cdp_cmd("Page.captureScreenshot", {"captureBeyondViewport": True})["data"]
+    assert shots["official"] == shots["mjml-python"], "the whole email looks the same, pixel for pixel"
