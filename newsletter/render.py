@@ -31,7 +31,6 @@ REF_STYLE = "font-size:12px;line-height:0"
 REF_LINK_STYLE = f"{LINK_STYLE};text-decoration:none;font-weight:600;padding:0 1px"
 PLACEHOLDER_RE = re.compile("%%(" + "|".join(LINK_NAMES) + ")%%")
 ANCHOR_RE = re.compile(r'\sid="([^"]+)"')
-PREHEADER_FILLER = 60  # invisible characters x 3 after the preheader: inboxes show 90-140 characters
 IMAGE_TAG = '<img class="img" '  # as digest.py writes an image of the Markdown
 
 
@@ -187,7 +186,7 @@ class Renderer:
             "preheader": self.preheader(digest),
             "sections": sections, "notes_after": notes_after,
             "end_notes": notes_after.get(len(variant.sections), []),
-            "links": PLACEHOLDERS, "layout": LAYOUT, "preheader_filler": PREHEADER_FILLER,
+            "links": PLACEHOLDERS, "layout": LAYOUT,
         }
 
     def mjml(self, variant: Variant) -> str:

@@ -329,7 +329,8 @@ def test_dates_and_addresses_a_mail_app_links_look_like_the_text(browser, site, 
 def test_preheader_is_not_seen(browser, site):
     show(browser, f"{site}/all.html", 375)
     shown = browser.execute_script(
-        "const d = Array.from(document.querySelectorAll('div')).find(d => d.textContent.startsWith('A self-checking'));"
+        "const d = Array.from(document.querySelectorAll('div')).find(d => d.firstChild"
+        " && d.firstChild.nodeType === Node.TEXT_NODE && d.firstChild.data.startsWith('A self-checking'));"
         "return [d.getClientRects().length, getComputedStyle(d).display]")
     assert shown == [0, "none"]
 

@@ -193,7 +193,8 @@ def test_preheader_is_hidden_everywhere_and_padded(renderer, example):
     assert "color" not in style and "font-size" not in style, "no colour trick, no tiny font"
     text = hidden.text_content()
     assert text.startswith(example.preheader)
-    assert text[len(example.preheader):] == FILLER * 60
+    filler = text[len(example.preheader):]
+    assert len(filler) >= 120 and filler == FILLER * (len(filler) // 3)
 
 
 def test_dates_and_addresses_are_not_made_links_by_mail_apps(renderer, example):
@@ -332,15 +333,20 @@ def spamassassin(message: bytes, home) -> tuple[float, dict[str, float]]:
     return score, {rule: float(points) for points, rule in re.findall(r"^\s*(-?\d+\.\d+) ([A-Z0-9_]+)", table, re.M)}
 
 
-def test_spamassassin_finds_nothing_wrong_with_the_html(run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["issue", "confirmation"])
+def test_spamassassin_finds_nothing_wrong_with_the_html(run, tmp_path, monkeypatch, kind):
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'subscribers.db'}")
     monkeypatch.setenv("NEWSLETTER_OUTBOX_DIR", str(tmp_path / "outbox"))
     assert run("subscribers", "add", "reader@example.com").code == 0
-    sent = run("send", EXAMPLE, "--yes")
-    assert sent.code == 0, sent.err
+    if kind == "issue":
+        done = run("send", EXAMPLE, "--yes")
+    else:
+        assert run("subscribers", "remove", "reader@example.com").code == 0
+        done = run("subscribers", "resubscribe", "reader@example.com")
+    assert done.code == 0, done.err
     [message] = (tmp_path / "outbox").glob("*.eml")
     score, rules = spamassassin(message.read_bytes(), tmp_path)
-    print(f"SpamAssassin: score {score}, rules {rules}")
+    print(f"SpamAssassin, {kind}: score {score}, rules {rules}")
     assert "HTML_FONT_LOW_CONTRAST" not in rules, "text coloured like its background"
     assert {rule: points for rule, points in rules.items() if rule.startswith("HTML_") and points} == {}
     assert score <= 0.5, rules
