@@ -197,6 +197,14 @@ def test_preheader_is_hidden_everywhere_and_padded(renderer, example):
     assert len(filler) >= 120 and filler == FILLER * (len(filler) // 3)
 
 
+def test_head_css_can_be_included_as_it_is():
+    """MJML reads a `<` inside mj-style as a tag, even in a CSS comment: a writer's template may
+    include dark.css without the compact_css filter."""
+    from newsletter.render import default_templates_dir
+
+    assert "<" not in (default_templates_dir() / "email" / "dark.css").read_text()
+
+
 def test_dates_and_addresses_are_not_made_links_by_mail_apps(renderer, example):
     page = renderer.render(example).html
     tree = lxml_html.fromstring(page)
