@@ -67,15 +67,25 @@ def shown_path(path: Path) -> str:
 
 
 def parse_categories(settings: Settings, value: str | None) -> list[str] | None:
+    """`--categories`: slugs or display names (any case), comma-separated; None when not given."""
     if value is None:
         return None
-    slugs = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = [s for s in slugs if settings.category(s) is None]
+    by_name = {}
+    for category in settings.categories:
+        by_name.setdefault(category.slug.casefold(), category.slug)
+        by_name.setdefault(" ".join(category.name.split()).casefold(), category.slug)
+    whole = " ".join(value.split()).casefold()
+    parts = [whole] if whole in by_name else [" ".join(p.split()).casefold() for p in value.split(",")]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise click.BadParameter("names no category; leave it out to preview every story (what a reader "
+                                 "with no categories gets)", param_hint="'--categories'")
+    unknown = [p for p in parts if p not in by_name]
     if unknown:
-        known = ", ".join(settings.category_slugs)
+        known = ", ".join(f"{c.slug} ({c.name})" for c in settings.categories)
         raise click.BadParameter(f"unknown category '{unknown[0]}' (known: {known})",
                                  param_hint="'--categories'")
-    return slugs
+    return list(dict.fromkeys(by_name[p] for p in parts))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
