@@ -18,7 +18,7 @@ from .cli import App, cli, pass_app, plural, shown_path
 from .digest import Digest, load_digest
 from .errors import ExitCode
 from .ledger import Ledger, Run, RunStatus
-from .providers import Provider, make_provider
+from .providers import Provider, check_provider, make_provider
 from .schedule import BACKOFF, next_retry
 from .send import PAUSED_BY_USER, Plan, Variant
 
@@ -45,6 +45,7 @@ def provider_for(app: App) -> Provider:
 def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...], again: bool) -> None:
     """Send digest FILE to every active reader whose categories it covers."""
     settings = app.settings
+    check_provider(settings)  # a dry run says what the real send would fail on, before any question
     digest = load_digest(file, settings)
     for warning in digest.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)

@@ -84,6 +84,29 @@ def test_dry_run_and_test_copies_touch_no_reader(cli, tmp_path):
     assert "2026-04-22" not in cli("runs").out, "test copies are not a run"
 
 
+@pytest.mark.parametrize("env, message", [
+    ({"NEWSLETTER_PROVIDER": "resend"}, "error: provider is resend but $RESEND_API_KEY is not set"),
+    ({"NEWSLETTER_PROVIDER": "smtp", "NEWSLETTER_SMTP_HOST": " "}, "error: provider is smtp but smtp_host is empty"),
+    ({"NEWSLETTER_PROVIDER": "smtp", "NEWSLETTER_SMTP_USERNAME": "news"},
+     "error: smtp_username is set but $NEWSLETTER_SMTP_PASSWORD is not set"),
+    ({"NEWSLETTER_PROVIDER": "smtp", "NEWSLETTER_SMTP_PASSWORD": "secret-pw"},
+     "error: $NEWSLETTER_SMTP_PASSWORD is set but smtp_username is not: the password would never be used"),
+])
+def test_provider_settings_are_checked_by_a_dry_run_and_before_the_question(cli, tmp_path, monkeypatch,
+                                                                           env, message):
+    monkeypatch.delenv("RESEND_API_KEY", raising=False)
+    monkeypatch.delenv("NEWSLETTER_SMTP_PASSWORD", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = cli("send", EXAMPLE, "--dry-run")
+    assert (result.code, result.err) == (1, message + "\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    result = cli("send", EXAMPLE)
+    assert (result.code, result.err) == (1, message + "\n") and "Send \"" not in result.out
+    assert "secret-pw" not in result.out + result.err
+    assert "2026-04-22" not in cli("runs").out, "no run was opened"
+
+
 def test_send_asks_first(cli, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
     result = cli("send", EXAMPLE)
