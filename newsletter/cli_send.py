@@ -125,6 +125,10 @@ def deliver(app: App, ledger: Ledger, provider: Provider, run: Run, digest: Dige
                            detail=f"sent {p.sent} failed {p.failed} skipped {p.skipped} {rate:,.0f}/s")
             run = sending.deliver(app.settings, ledger, run, digest, variants, provider=provider,
                                   on_progress=on_progress, stop=stop)
+    except KeyboardInterrupt:  # the second Ctrl-C: the run keeps its batch in flight, and resume sends it
+        click.secho(f"stopped at once: run {run.id} is not finished. Resume with `newsletter resume {run.id}`",
+                    fg="yellow", err=True)
+        raise SystemExit(ExitCode.INTERRUPTED) from None
     finally:
         signal.signal(signal.SIGINT, previous)
     report(ledger, run, time.monotonic() - started)
