@@ -1,4 +1,4 @@
-"""markdown-it tokens become the readable plain-text part of the email.
+r"""markdown-it tokens become the readable plain-text part of the email.
 
 A body is not wrapped here: footnote references are still `[\x02label\x03]`, and a variant
 numbers them `[n]` later, so a line wrapped now would come out short or long. Instead each
