@@ -179,7 +179,7 @@ def test_extra_text_in_a_note(write_digest, settings, renderer):
     digest = load_digest(write_digest(text), settings)
     assert digest.warnings == []
     email = renderer.render(digest)
-    assert "Note B</a>, via a friend" in email.html and "Note B, via a friend (b.example.org)" in email.text
+    assert "Note B</a>, via a friend" in email.html and "[2] Note B, via a friend\n    https://www.b.example.org/y\n" in email.text
     text = text.replace("via a friend", "via a friend\n\n    A second paragraph of commentary.")
     digest = load_digest(write_digest(text), settings)
     assert [str(w).split(": ", 1)[1] for w in digest.warnings] == [
