@@ -159,6 +159,7 @@ def resume(app: App, run_id: int, yes: bool) -> None:
     """Go on with send run RUN_ID after a pause, a crash or a provider failure."""
     ledger = Ledger(app.subscribers.engine)
     run, digest, variants = sending.reopen_run(app.settings, ledger, run_id)
+    check_provider(app.settings)  # what the resume would fail on, before the question
     ledger.forget_retries(run.id)  # a later pause gets the scheduler's retries afresh
     counts = ledger.counts(run.id)
     left = counts["queued"] + counts["sending"]
