@@ -10,7 +10,7 @@
 from ..rawhtml import LINK_STYLE  # render.py styles its references to match
 from .checks import Checker
 from .model import REF_CLOSE, REF_OPEN, REF_RE, Digest, Footnote, RoundupItem, Section
-from .parse import load_digest, parse_digest
+from .parse import Source, load_digest, parse_digest, read_source
 
 __all__ = ["LINK_STYLE", "REF_CLOSE", "REF_OPEN", "REF_RE", "Checker", "Digest", "Footnote", "RoundupItem",
-           "Section", "load_digest", "parse_digest"]
+           "Section", "Source", "load_digest", "parse_digest", "read_source"]

@@ -3,6 +3,7 @@ together (`Checker`), never a traceback."""
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,12 +17,15 @@ from .markdown import MD
 
 # `[^label]` left as text. A label stops at the next `[^`, so that every search is linear.
 UNDEFINED_REF_RE = re.compile(r"\[\^((?:[^\]\s\[]|\[(?!\^))+)\]")
-PLACEHOLDER_RE = re.compile(r"\b(TK|TODO)\b")
+# A placeholder is a word of its own: `TK`, `TK.`, `(TK)`; never part of a name such as
+# TK-Instruct, TKO, sTK or TK.js.
+PLACEHOLDER_RE = re.compile(r"(?<![\w-])(TK|TODO)(?![\w-]|\.\w)")
 FENCE_RE = re.compile(r"^ {0,3}(```|~~~)")
 BACKTICKS_RE = re.compile(r"`+")
 # A TODO inside a URL is the URL's. A scheme starts only where a word starts: tried at every
 # letter of a long word, the pattern would take time quadratic in the word's length.
 URL_RE = re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s)>\]]+", re.I)
+MAX_SUGGESTIONS = 20
 # The lists, quotes and footnotes that markdown-it reads only down to `maxNesting` levels.
 CONTAINERS = {"blockquote_open", "list_item_open", "footnote_reference_open"}
 
@@ -33,6 +37,7 @@ class Checker:
         self.file = str(path)
         self.problems: list[Problem] = []
         self.body_start = 0  # lines before the body: the front matter
+        self.suggestions = 0  # "did you mean [^label]?" offered so far
 
     def line_at(self, body_line: int) -> int:
         """The file's line number of a line of the body (markdown-it counts from 0)."""
@@ -137,7 +142,9 @@ def undefined_refs(children: list[Token], written: dict[str, int]) -> list[str]:
             for m in UNDEFINED_REF_RE.finditer(child.content) if m.group(1) in written]
 
 
-def check_references(tokens: list[Token], body_lines: list[str], check: Checker) -> None:
+def check_references(tokens: list[Token], body_lines: list[str], env, check: Checker) -> None:
+    """Every `[^label]` cites a note that is defined."""
+    defined = defined_labels(env)
     for token in tokens:
         if token.type != "inline" or not token.map:
             continue
@@ -147,7 +154,22 @@ def check_references(tokens: list[Token], body_lines: list[str], check: Checker)
             for label in written_refs(body_lines[number]):
                 written.setdefault(label, number)
         for label in undefined_refs(token.children or [], written):
-            check.error(check.line_at(written[label]), f"footnote [^{shorten(label)}] is never defined")
+            check.error(check.line_at(written[label]), undefined(label, defined, check))
+
+
+def defined_labels(env) -> list[str]:
+    """The labels of the notes the body defines, as markdown-it found them."""
+    return [key[1:] for key in env.get("footnotes", {}).get("refs", {})]
+
+
+def undefined(label: str, defined: list[str], check: Checker) -> str:
+    """The message for a reference to no note, with the closest label defined: a typo, mostly."""
+    message = f"footnote [^{shorten(label)}] is never defined"
+    check.suggestions += 1
+    if check.suggestions > MAX_SUGGESTIONS:  # difflib compares with every label: bounded work
+        return message
+    close = difflib.get_close_matches(label, defined, n=1, cutoff=0.6)
+    return f"{message}; did you mean [^{shorten(close[0])}]?" if close else message
 
 
 def check_nesting(tokens: list[Token], check: Checker) -> None:

@@ -24,6 +24,7 @@ LABEL_END_RE = re.compile(r"[\] \n]")
 MAX_LABEL = 999
 def _markdown() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"typographer": True}).enable(["replacements", "smartquotes"])
+    md.validateLink = lambda url: True  # [x](javascript:...) stays a link, for check to refuse
     md.use(footnote_plugin, inline=False)  # ^[inline notes] have no label to cite them by
     md.core.ruler.disable("footnote_tail")  # keeps every definition in place, cited or not
     footnote_ref = next(rule.fn for rule in md.inline.ruler.__rules__ if rule.name == "footnote_ref")

@@ -7,6 +7,7 @@ way reports to one `Checker`, so that all the problems of a file are reported to
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +16,38 @@ from markdown_it.token import Token
 from .. import frontmatter, plaintext, rawhtml
 from ..config import Settings
 from ..errors import DigestError, Problem, shorten
-from .checks import (Checker, check_nesting, check_placeholders, check_references, read_categories,
-                     undefined_refs, without_control_characters, written_refs)
+from .checks import (Checker, check_nesting, check_placeholders, check_references, defined_labels,
+                     read_categories, undefined, undefined_refs, without_control_characters,
+                     written_refs)
 from .footnotes import take_footnotes
+from .labels import is_tldr_label, source_children, warn_misplaced
 from .markdown import MD, to_html
 from .model import REF_RE, Digest, RoundupItem, Section
 
 CATEGORIES_COMMENT_RE = re.compile(r"^\s*<!--\s*categories\s*:(.*?)-->\s*$", re.I | re.S)
-SOURCE_RE = re.compile(r"^source\s*:\s*", re.I)
 ROUNDUPS_RE = re.compile(r"^round[- ]?ups?$", re.I)
 # fn-N and fnref-N-M are the anchors render.py gives notes and references; story anchors are
 # [a-z0-9-], so the web pages' own ids (content_) never meet one.
 NOTE_ANCHOR_RE = re.compile(r"fn(ref)?(-|$)")
+TLDR_PLACE = "a story's TL;DR is the bullet list right under its heading and source line"
 FRONT_MATTER_KEYS = {"title", "subtitle", "date", "author", "categories", "tldr", "preheader",
                      "footnotes", "status"}
 
 
-def load_digest(path: str | Path, settings: Settings) -> Digest:
-    """Read and check a digest file; raise `DigestError` listing every error found."""
+@dataclass
+class Source:
+    """A digest file's lines with its front matter read, once: all that a look at `status` and
+    `date` needs (`due.py`), and where a full load goes on from."""
+
+    check: Checker  # holds what reading the front matter found
+    lines: list[str]
+    body_start: int
+    front: tuple[dict[str, Any], dict[str, int]] | None  # values, line of each key; None: reported
+
+
+def read_source(path: str | Path) -> Source:
+    """Read a digest file and its front matter; raise `DigestError` if the file cannot be read."""
     path = Path(path)
-    check = Checker(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -43,23 +56,40 @@ def load_digest(path: str | Path, settings: Settings) -> Digest:
         raise DigestError([Problem(str(path), None, f"not UTF-8 text ({e.reason})")]) from None
     except OSError as e:
         raise DigestError([Problem(str(path), None, f"cannot read: {e.strerror}")]) from None
-    digest = parse_digest(text, path, settings, check)
-    if check.errors:
-        raise DigestError(check.errors)
-    return digest
+    return split_source(text, Checker(path))
 
 
-def parse_digest(text: str, path: Path, settings: Settings, check: Checker) -> Digest | None:
+def split_source(text: str, check: Checker) -> Source:
     # markdown-it and YAML both take a lone CR for a line end: count lines the way they do.
     text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     lines = text.split("\n")
     front, body_start = frontmatter.split(lines, check)
     loaded = frontmatter.load(front, check) if front is not None else None
+    return Source(check, lines, body_start, loaded)
+
+
+def load_digest(path: str | Path, settings: Settings, source: Source | None = None) -> Digest:
+    """Read and check a digest file (or go on from its `source`, already read); raise
+    `DigestError` listing every error found."""
+    source = source or read_source(path)
+    digest = _digest(source, Path(path), settings)
+    if source.check.errors:
+        raise DigestError(source.check.errors)
+    return digest
+
+
+def parse_digest(text: str, path: Path, settings: Settings, check: Checker) -> Digest | None:
+    """The digest in `text`, its problems reported to `check`; None if the front matter is broken."""
+    return _digest(split_source(text, check), path, settings)
+
+
+def _digest(source: Source, path: Path, settings: Settings) -> Digest | None:
+    check, lines, body_start = source.check, source.lines, source.body_start
     check_placeholders(lines, check)
     body_lines = without_control_characters(lines[body_start:], body_start, check)
-    if loaded is None:  # already reported; the rest would only add noise
+    if source.front is None:  # already reported; the rest would only add noise
         return None
-    meta, key_lines = loaded
+    meta, key_lines = source.front
 
     def line_of(key: str) -> int:
         return key_lines.get(key, 1)
@@ -69,11 +99,11 @@ def parse_digest(text: str, path: Path, settings: Settings, check: Checker) -> D
             check.warn(line_of(key), f"unknown front matter key '{shorten(key)}' "
                        f"(known: {', '.join(sorted(FRONT_MATTER_KEYS))})")
     title = frontmatter.text_field(meta, "title", line_of, check)
-    if not title:
-        check.error(1, "front matter has no 'title'")
+    if not title and isinstance(meta.get("title"), (str, type(None))):  # else: not text, reported
+        check.error(line_of("title"), "front matter has no 'title'")
     frontmatter.check_subject(title, line_of("title"), check)
     default_categories = read_categories(meta.get("categories"), line_of("categories"), settings, check)
-    footnote_mode = meta.get("footnotes", "inline")
+    footnote_mode = "inline" if meta.get("footnotes") is None else meta["footnotes"]
     if footnote_mode not in ("inline", "end"):
         check.error(line_of("footnotes"),
                     f"'footnotes' must be 'inline' or 'end', got {shorten(repr(footnote_mode))}")
@@ -90,7 +120,7 @@ def parse_digest(text: str, path: Path, settings: Settings, check: Checker) -> D
     tokens = MD.parse("\n".join(body_lines), env)
     check_nesting(tokens, check)
     rawhtml.check_blocks(tokens, check)
-    check_references(tokens, body_lines, check)
+    check_references(tokens, body_lines, env, check)
     main, footnotes = take_footnotes(tokens, env, check)
     opening_tokens, story_chunks = _split_stories(main)
     opening = _opening(opening_tokens, tldr, line_of, env, settings, check)
@@ -138,11 +168,12 @@ def _opening(tokens, tldr: list[str], tldr_line, env, settings, check: Checker) 
                                          comment=True)
         else:
             body.append(token)
+    warn_misplaced(body, check, tldr_here="the TL;DR box at the top is the 'tldr' list of the front matter")
     tldr_tokens = [MD.parseInline(item, env)[0].children or [] for item in tldr]
     lines = [tldr_line(f"tldr.{index}") for index in range(len(tldr))]
     for item, children, line in zip(tldr, tldr_tokens, lines):
         for label in undefined_refs(children, dict.fromkeys(written_refs(item), 0)):
-            check.error(line, f"footnote [^{shorten(label)}] is never defined (in 'tldr')")
+            check.error(line, f"{undefined(label, defined_labels(env), check)} (in 'tldr')")
     return Section(
         kind="opening", line=1, categories=categories,
         tldr_html=[to_html(c, env, line, check) for c, line in zip(tldr_tokens, lines)],
@@ -183,6 +214,7 @@ def _story(tokens: list[Token], env, default_categories, settings, check: Checke
             section.body_text = plaintext.blocks(kept)
         return section
     kept = _take_tldr(section, kept, env, check)
+    warn_misplaced(kept, check, tldr_here=TLDR_PLACE)
     section.body_html = to_html(kept, env, line, check)
     section.body_text = plaintext.blocks(kept)
     if not title_text:
@@ -200,13 +232,10 @@ def _categories_comment(token: Token) -> str | None:
 
 
 def _take_source(section: Section | RoundupItem, tokens: list[Token], env, check: Checker) -> list[Token]:
-    """A first paragraph starting with 'Source:' is the source line."""
-    if len(tokens) >= 3 and tokens[0].type == "paragraph_open" and tokens[1].children \
-            and tokens[1].children[0].type == "text" and SOURCE_RE.match(tokens[1].children[0].content):
-        children = list(tokens[1].children)
-        first = children[0].copy()
-        first.content = SOURCE_RE.sub("", first.content)
-        children[0] = first
+    """A first paragraph starting with 'Source:', emphasised or not, is the source line."""
+    children = source_children(tokens[1].children or []) \
+        if len(tokens) >= 3 and tokens[0].type == "paragraph_open" else None
+    if children is not None:
         section.source_html = to_html(children, env, check.line_at(tokens[1].map[0]), check)
         section.source_text = plaintext.inline(children)
         return tokens[3:]
@@ -214,7 +243,9 @@ def _take_source(section: Section | RoundupItem, tokens: list[Token], env, check
 
 
 def _take_tldr(section: Section, tokens: list[Token], env, check: Checker) -> list[Token]:
-    """A bullet list right at the top of a story is its TL;DR."""
+    """A bullet list right at the top of a story is its TL;DR; a 'TL;DR' label may come first."""
+    if is_tldr_label(tokens, 0) and len(tokens) > 3 and tokens[3].type == "bullet_list_open":
+        tokens = tokens[3:]
     if not tokens or tokens[0].type != "bullet_list_open":
         return tokens
     depth, end = 0, len(tokens)
@@ -253,6 +284,7 @@ def _roundup_items(tokens: list[Token], env, check: Checker) -> list[RoundupItem
             title_text=plaintext.inline(heading.children or []).strip(),
             source_html="", source_text="", body_html="", body_text="", line=line)
         rest = _take_source(item, chunk[3:], env, check)
+        warn_misplaced(rest, check, tldr_here=TLDR_PLACE)
         item.body_html = to_html(rest, env, line, check)
         item.body_text = plaintext.blocks(rest)
         items.append(item)
