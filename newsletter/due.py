@@ -36,7 +36,7 @@ def find_due(settings: Settings, ledger: Ledger, today: dt.date) -> DuePass:
     if not folder.is_dir():
         found.failed.append(Problem(str(folder), None, "digests_dir is not a folder"))
         return found
-    ready: list[tuple[dt.date, str, Path]] = []
+    ready: list[tuple[dt.date, str, Path, Source]] = []
     for path in sorted(folder.glob("*.md")):
         status, date, problems, source = read_front_matter(path)
         if status != "ready":

@@ -19,6 +19,12 @@ YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 NULL_TAG, STR_TAG = "tag:yaml.org,2002:null", "tag:yaml.org,2002:str"
 DATE_RE = yaml.constructor.SafeConstructor.timestamp_regexp  # what YAML itself takes for a date
 
+# Invisible characters that break the email (\x02 and \x03 mark footnote references inside us;
+# MJML refuses most of the others). Tabs and line ends are text.
+CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+LINE_BREAK_RE = re.compile("[\n\u2028\u2029]")
+BIDI_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
 
 class FrontMatterLoader(YAML_LOADER):  # type: ignore[misc, valid-type]
     """Reads every plain value as the text the writer typed (`title: yes`, `title: 2026-01-01`,
@@ -38,11 +44,6 @@ class FrontMatterLoader(YAML_LOADER):  # type: ignore[misc, valid-type]
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read {shorten(node.value if isinstance(node.value, str) else node.tag)} "
                 f"as {node.tag.rsplit(':', 1)[-1]} ({shorten(e)})", node.start_mark) from None
-# Invisible characters that break the email (\x02 and \x03 mark footnote references inside us;
-# MJML refuses most of the others). Tabs and line ends are text.
-CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-LINE_BREAK_RE = re.compile("[\n\u2028\u2029]")
-BIDI_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
 def split(lines: list[str], check: Checker) -> tuple[str | None, int]:
@@ -80,7 +81,7 @@ def load(front: str, check: Checker) -> tuple[dict[str, Any], dict[str, int]] | 
     if not isinstance(meta, dict):
         check.error(2, "front matter must be 'key: value' lines")
         return None
-    odd = [k for k, _ in node.value if not isinstance(k.value, str) or k.tag != STR_TAG] if meta else []
+    odd = [k for k, _ in node.value if k.tag != STR_TAG] if isinstance(node, yaml.MappingNode) else []
     if odd:  # `~: x`, `[a]: x`, `!!int 1: x`
         check.error(odd[0].start_mark.line + 2, "a front matter key must be a name such as 'title'")
         return None

@@ -821,6 +821,17 @@ def test_dates_as_writers_write_them(write_digest, settings, written, date):
     assert load_digest(write_digest(GOOD.replace("date: 2026-04-22", f"date: {written}")), settings).date == date
 
 
+@pytest.mark.parametrize("written, message", [
+    ("title: [Two, titles]", "'title' must be text, got a list"),
+    ("title:\n  text: A small issue", "'title' must be text, got key: value pairs"),
+])
+def test_a_title_that_is_not_text_is_one_error(write_digest, settings, written, message):
+    path = write_digest(GOOD.replace("title: A small issue", written))
+    with pytest.raises(DigestError) as excinfo:
+        load_digest(path, settings)
+    assert problems(excinfo) == [f"{path}:2: {message}"]
+
+
 @pytest.mark.parametrize("written", ["title:", "title: null", "title: ~", "title: ''"])
 def test_an_empty_title_is_a_missing_title(write_digest, settings, written):
     path = write_digest(GOOD.replace("title: A small issue", written))
