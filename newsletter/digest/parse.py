@@ -60,6 +60,7 @@ def read_source(path: str | Path) -> Source:
 
 
 def split_source(text: str, check: Checker) -> Source:
+    """The text as lines, its front matter split off and read; what is wrong goes to `check`."""
     # markdown-it and YAML both take a lone CR for a line end: count lines the way they do.
     text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     lines = text.split("\n")
