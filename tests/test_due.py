@@ -95,10 +95,17 @@ def test_a_due_digest_reads_its_file_and_front_matter_once(folder, subs, monkeyp
     issue(digests, "a-ready", status="ready", date="2026-11-23")
     issue(digests, "b-draft", status="draft", date="2026-11-23")
     loaders, reads = [], []
-    monkeypatch.setattr(yaml.CSafeLoader, "__init__", lambda self, stream, init=yaml.CSafeLoader.__init__:
-                        (loaders.append(stream), init(self, stream))[1])
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, read=Path.read_text, **k:
-                        (reads.append(self.name), read(self, *a, **k))[1])
+    make_loader, read_text = yaml.CSafeLoader.__init__, Path.read_text
+
+    def counted_loader(self, stream):
+        loaders.append(stream)
+        make_loader(self, stream)
+
+    def counted_read(self, *args, **kwargs):
+        reads.append(self.name)
+        return read_text(self, *args, **kwargs)
+    monkeypatch.setattr(yaml.CSafeLoader, "__init__", counted_loader)
+    monkeypatch.setattr(Path, "read_text", counted_read)
     found = find_due(settings, Ledger(subs.engine), TODAY)
     assert [d.slug for d in found.due] == ["a-ready"]
     assert len(loaders) == 2 and sorted(reads) == ["a-ready.md", "b-draft.md"]  # once per file
