@@ -16,11 +16,34 @@ if TYPE_CHECKING:
 
 # libyaml when PyYAML was built with it: about 16 times faster than the pure-Python loader.
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+NULL_TAG, STR_TAG = "tag:yaml.org,2002:null", "tag:yaml.org,2002:str"
+DATE_RE = yaml.constructor.SafeConstructor.timestamp_regexp  # what YAML itself takes for a date
+
 # Invisible characters that break the email (\x02 and \x03 mark footnote references inside us;
 # MJML refuses most of the others). Tabs and line ends are text.
 CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 LINE_BREAK_RE = re.compile("[\n\u2028\u2029]")
 BIDI_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+class FrontMatterLoader(YAML_LOADER):  # type: ignore[misc, valid-type]
+    """Reads every plain value as the text the writer typed (`title: yes`, `title: 2026-01-01`,
+    `.nan`, `12:30`), empty and `null` as nothing. Every front-matter key holds text or a list of
+    text; YAML 1.1's guesses at booleans, numbers and dates only changed what the writer wrote,
+    and an impossible date (2026-02-30) made the loader itself fail without a line."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag == NULL_TAG]
+        for first, resolvers in YAML_LOADER.yaml_implicit_resolvers.items()
+    }
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, OverflowError) as e:  # an explicit tag: !!timestamp 2026-02-30
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shorten(node.value if isinstance(node.value, str) else node.tag)} "
+                f"as {node.tag.rsplit(':', 1)[-1]} ({shorten(e)})", node.start_mark) from None
 
 
 def split(lines: list[str], check: Checker) -> tuple[str | None, int]:
@@ -37,7 +60,7 @@ def split(lines: list[str], check: Checker) -> tuple[str | None, int]:
 
 def load(front: str, check: Checker) -> tuple[dict[str, Any], dict[str, int]] | None:
     """The values, and the line of each key ("tldr.0": of a list's items); None on an error."""
-    loader = YAML_LOADER(front)
+    loader = FrontMatterLoader(front)
     try:
         node = loader.get_single_node()  # parsed once: the nodes give lines, then the values
         if node is not None and not _check_nodes(node, check):
@@ -57,6 +80,10 @@ def load(front: str, check: Checker) -> tuple[dict[str, Any], dict[str, int]] | 
         meta = {}
     if not isinstance(meta, dict):
         check.error(2, "front matter must be 'key: value' lines")
+        return None
+    odd = [k for k, _ in node.value if k.tag != STR_TAG] if isinstance(node, yaml.MappingNode) else []
+    if odd:  # `~: x`, `[a]: x`, `!!int 1: x`
+        check.error(odd[0].start_mark.line + 2, "a front matter key must be a name such as 'title'")
         return None
     key_lines = {}
     if isinstance(node, yaml.MappingNode):
@@ -105,10 +132,14 @@ def text_field(meta: dict, key: str, line_of: Callable[[str], int], check: Check
     value = meta.get(key)
     if value is None:
         return ""
-    if isinstance(value, (dict, list)):
-        check.error(line_of(key), f"'{key}' must be text")
+    if not isinstance(value, str):  # a list, a mapping, or a value given an explicit !!tag
+        check.error(line_of(key), f"'{key}' must be text, got {_kind(value)}")
         return ""
-    return clean_text(str(value).strip(), key, line_of(key), check)
+    return clean_text(value.strip(), key, line_of(key), check)
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", dict: "key: value pairs"}.get(type(value), type(value).__name__)
 
 
 def clean_text(text: str, key: str, line: int, check: Checker) -> str:
@@ -131,13 +162,17 @@ def check_subject(title: str, line: int, check: Checker) -> None:
 
 
 def date(value: Any, line: int, check: Checker) -> dt.date | None:
-    """The issue's date, from a YAML date or an ISO string."""
+    """The issue's date: 2026-04-22, or a timestamp as YAML writes one (its day counts)."""
     if value is None or isinstance(value, dt.date):
         return value.date() if isinstance(value, dt.datetime) else value
-    try:
-        return dt.date.fromisoformat(str(value).strip())
-    except ValueError:
+    found = DATE_RE.match(value.strip()) if isinstance(value, str) else None
+    if found is None:
         check.error(line, f"'date' must be a date like 2026-04-22, got {shorten(repr(value))}")
+        return None
+    try:
+        return dt.date(int(found["year"]), int(found["month"]), int(found["day"]))
+    except ValueError:
+        check.error(line, f"'date' {shorten(value.strip())} is not a day of the calendar")
         return None
 
 
