@@ -15,8 +15,8 @@ from . import preview as preview_mod
 from .config import Settings, load_settings
 from .digest import load_digest
 from .errors import DigestError, ExitCode, NewsletterError
-from .render import Renderer, size_warnings
-from .send import possible_variants, prepare
+from .render import Renderer, empty_tldr, select, size_warnings
+from .send import categories_of, describe_variant, possible_variants, prepare
 from .subscribers import Subscribers
 
 _debug = False
@@ -131,6 +131,10 @@ def check(app: App, files: tuple[str, ...]) -> None:
         for key, variant in variants.items():
             for warning in size_warnings(variant.size):
                 echo_warning(f"{file}: variant {key}: {warning}")
+            if categories_of(key) is not None and empty_tldr(select(digest, categories_of(key))):
+                echo_warning(f"{file}:{digest.tldr_line}: the TL;DR box is empty for readers of "
+                             f"{describe_variant(app.settings, key)}: every 'tldr' line is about stories "
+                             "they do not get (a line with 'text:' and 'categories:' can be theirs)")
         stories = [s for s in digest.stories if s.kind == "story"]
         roundups = sum(len(s.entries) for s in digest.stories if s.kind == "roundups")
         click.echo(f"ok: {file}: {plural(len(stories), 'story', 'stories')}, "

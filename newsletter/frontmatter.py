@@ -92,6 +92,9 @@ def load(front: str, check: Checker) -> tuple[dict[str, Any], dict[str, int]] | 
                 key_lines[k.value] = k.start_mark.line + 2
                 if isinstance(v, yaml.SequenceNode):  # each item's own line: "tldr.0", ...
                     key_lines |= {f"{k.value}.{i}": item.start_mark.line + 2 for i, item in enumerate(v.value)}
+                elif isinstance(v, yaml.MappingNode):  # each entry's own line: "subjects.ai-tech", ...
+                    key_lines |= {f"{k.value}.{child.value}": child.start_mark.line + 2
+                                  for child, _ in v.value if isinstance(child, yaml.ScalarNode)}
     return meta, key_lines
 
 
@@ -151,13 +154,13 @@ def clean_text(text: str, key: str, line: int, check: Checker) -> str:
     return CONTROL_RE.sub("", text)
 
 
-def check_subject(title: str, line: int, check: Checker) -> None:
+def check_subject(title: str, line: int, check: Checker, key: str = "title") -> None:
     """The title is the subject: a header, one line long, that shows what it says."""
     if LINE_BREAK_RE.search(title):
-        check.error(line, "'title' is the subject line and cannot contain a line break")
+        check.error(line, f"'{key}' is the subject line and cannot contain a line break")
     bidi = BIDI_RE.search(title)
     if bidi:
-        check.warn(line, f"'title' contains the invisible bidirectional control U+{ord(bidi.group()):04X}, "
+        check.warn(line, f"'{key}' contains the invisible bidirectional control U+{ord(bidi.group()):04X}, "
                    "which can make the subject read differently from what it is")
 
 

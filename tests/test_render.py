@@ -21,13 +21,21 @@ def expected_notes(source: str, categories):
     definitions = dict(re.findall(r"^\[\^([^\]]+)\]: \[[^\]]*\]\(([^)]+)\)", body, re.M))
     body = re.sub(r"^\[\^[^\]]+\]:.*(\n    .*)*", "", body, flags=re.M)
     sections = re.split(r"^## ", body, flags=re.M)
-    order = re.findall(r"\[\^([^\]]+)\]", front)
+    kept, dropped = [], set()
     for section in sections:
         found = re.search(r"<!-- categories: (.*?) -->", section)
         cats = {c.strip() for c in found.group(1).split(",")} if found else None
+        labels = re.findall(r"\[\^([^\]]+)\]", section)
         if categories is None or cats is None or cats & set(categories):
-            order += re.findall(r"\[\^([^\]]+)\]", section)
-    return [definitions[label] for label in dict.fromkeys(order)]
+            kept += labels
+        else:
+            dropped |= set(labels)
+    order = []
+    for line in re.findall(r'^  - "(.*)"$', front, re.M):  # a TL;DR line goes with the stories it cites
+        labels = re.findall(r"\[\^([^\]]+)\]", line)
+        if not labels or any(label in kept or label not in dropped for label in labels):
+            order += labels
+    return [definitions[label] for label in dict.fromkeys(order + kept)]
 
 
 def graph(page: str):

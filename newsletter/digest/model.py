@@ -60,6 +60,9 @@ class Section:
     source_text: str = ""
     tldr_html: list[str] = field(default_factory=list)
     tldr_text: list[str] = field(default_factory=list)
+    # The opening's TL;DR lines: a line's own categories (`text:` + `categories:`), or None: the
+    # line follows the stories whose notes it cites (see render.select).
+    tldr_categories: list[tuple[str, ...] | None] = field(default_factory=list)
     body_html: str = ""
     body_text: str = ""
     entries: list[RoundupItem] = field(default_factory=list)
@@ -88,6 +91,17 @@ class Digest:
     footnotes: dict[str, Footnote]
     status: str = "draft"  # frontmatter.STATUSES: only a ready digest is sent on schedule
     warnings: list[Problem] = field(default_factory=list)
+    # `subjects:` / `preheaders:` of the front matter, in the order written: (categories, text)
+    subjects: list[tuple[frozenset[str], str]] = field(default_factory=list)
+    preheaders: list[tuple[frozenset[str], str]] = field(default_factory=list)
+    tldr_line: int = 1  # where the front matter's `tldr` is, for what `check` says of it
+
+    def subject_for(self, categories) -> str:
+        """The subject a reader of `categories` (None: every story) gets: see `_for_categories`."""
+        return _for_categories(self.subjects, categories) or self.title
+
+    def preheader_for(self, categories) -> str:
+        return _for_categories(self.preheaders, categories) or self.preheader or self.subtitle
 
     @property
     def slug(self) -> str:
@@ -96,3 +110,13 @@ class Digest:
     @property
     def sections(self) -> list[Section]:
         return [self.opening, *self.stories]
+
+
+def _for_categories(entries: list[tuple[frozenset[str], str]], categories) -> str | None:
+    """The entry written for exactly this set of categories, else the first (in the order
+    written) whose categories the reader all has; None for a reader of every story."""
+    if categories is None:
+        return None
+    wanted = frozenset(categories)
+    exact = next((text for cats, text in entries if cats == wanted), None)
+    return exact or next((text for cats, text in entries if cats <= wanted and cats), None)

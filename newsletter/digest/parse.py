@@ -31,7 +31,7 @@ ROUNDUPS_RE = re.compile(r"^round[- ]?ups?$", re.I)
 NOTE_ANCHOR_RE = re.compile(r"fn(ref)?(-|$)")
 TLDR_PLACE = "a story's TL;DR is the bullet list right under its heading and source line"
 FRONT_MATTER_KEYS = {"title", "subtitle", "date", "author", "categories", "tldr", "preheader",
-                     "footnotes", "status"}
+                     "footnotes", "status", "subjects", "preheaders"}
 
 
 @dataclass
@@ -109,12 +109,9 @@ def _digest(source: Source, path: Path, settings: Settings) -> Digest | None:
         check.error(line_of("footnotes"),
                     f"'footnotes' must be 'inline' or 'end', got {shorten(repr(footnote_mode))}")
         footnote_mode = "inline"
-    tldr = meta.get("tldr") or []
-    if isinstance(tldr, str) or not isinstance(tldr, list) or \
-            not all(isinstance(t, (str, int, float)) for t in tldr):
-        check.error(line_of("tldr"), "'tldr' must be a list of short lines")
-        tldr = []
-    tldr = [frontmatter.clean_text(str(t), "tldr", line_of(f"tldr.{i}"), check) for i, t in enumerate(tldr)]
+    tldr = _tldr_lines(meta.get("tldr"), line_of, settings, check)
+    per_category = {key: _per_category(meta.get(key), key, line_of, settings, check)
+                    for key in ("subjects", "preheaders")}
 
     check.body_start = body_start
     env: dict[str, Any] = {}
@@ -134,6 +131,7 @@ def _digest(source: Source, path: Path, settings: Settings) -> Digest | None:
             check.warn(note.line, f"footnote [^{shorten(label)}] is defined but never cited")
     if not stories:
         check.warn(body_start + 1, "the digest has no stories (a story starts with a '## ' heading)")
+    _warn_unused_categories(tldr, per_category, stories, check)
 
     return Digest(
         path=path, title=title, subtitle=frontmatter.text_field(meta, "subtitle", line_of, check),
@@ -144,7 +142,78 @@ def _digest(source: Source, path: Path, settings: Settings) -> Digest | None:
         footnotes={label: note for label, note in footnotes.items() if label in cited},
         status=frontmatter.status(meta.get("status"), line_of("status"), check),
         warnings=[p for p in check.problems if p.severity == "warning"],
+        subjects=[(cats, text) for cats, text, _ in per_category["subjects"]],
+        preheaders=[(cats, text) for cats, text, _ in per_category["preheaders"]],
+        tldr_line=line_of("tldr"),
     )
+
+
+def _tldr_lines(value: Any, line_of, settings: Settings, check: Checker) -> list[tuple[str, Any, int]]:
+    """The front matter's TL;DR: (text, its own categories or None, line) for each line. A line
+    is a string, or `text:` with `categories:` for a line only readers of those get."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        check.error(line_of("tldr"), "'tldr' must be a list of short lines")
+        return []
+    lines = []
+    for index, item in enumerate(value):
+        line = line_of(f"tldr.{index}")
+        categories = None
+        if isinstance(item, dict):
+            extra = sorted(set(map(str, item)) - {"text", "categories"})
+            if extra or not isinstance(item.get("text"), str):
+                check.error(line, "a 'tldr' line is text, or 'text:' with 'categories:' for a line only "
+                                  "readers of those categories get" + (f" (unknown: {shorten(extra[0])})" if extra else ""))
+                continue
+            categories = read_categories(item.get("categories"), line, settings, check)
+            if not categories:
+                check.error(line, "a 'tldr' line with 'text:' needs 'categories:' (a plain line follows "
+                                  "the stories whose notes it cites)")
+                continue
+            item = item["text"]
+        elif not isinstance(item, (str, int, float)):
+            check.error(line, "'tldr' must be a list of short lines")
+            continue
+        lines.append((frontmatter.clean_text(str(item), "tldr", line, check), categories, line))
+    return lines
+
+
+def _warn_unused_categories(tldr, per_category, stories: list[Section], check: Checker) -> None:
+    """A TL;DR line, subject or preheader for categories no story of this issue carries reaches
+    no reader: a reader's variant is made of the categories of the stories they get."""
+    carried = {c for s in stories if s.kind == "story" for c in (s.categories or ())}
+    for _text, own, line in tldr:
+        if own and not carried & set(own):
+            check.warn(line, f"no reader sees this 'tldr' line: no story is in {', '.join(own)}")
+    for key, entries in per_category.items():
+        for cats, _text, line in entries:
+            if not cats <= carried:
+                missing = ", ".join(sorted(cats - carried))
+                check.warn(line, f"no reader gets this entry of '{key}': no story is in {missing}")
+
+
+def _per_category(value: Any, key: str, line_of, settings: Settings, check: Checker
+                  ) -> list[tuple[frozenset[str], str, int]]:
+    """`subjects:` or `preheaders:`: category (or "a, b" for readers of exactly those) -> text."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        check.error(line_of(key), f"'{key}' must be 'category: text' lines, like 'ai-tech: \"...\"'")
+        return []
+    entries = []
+    for name, text in value.items():
+        line = line_of(f"{key}.{name}")
+        slugs = read_categories(str(name).replace("+", ","), line, settings, check)
+        if not isinstance(text, str) or not text.strip():
+            check.error(line, f"'{key}' of {shorten(str(name))} must be text")
+            continue
+        if slugs:
+            text = frontmatter.clean_text(text.strip(), key, line, check)
+            if key == "subjects":
+                frontmatter.check_subject(text, line, check, key=key)
+            entries.append((frozenset(slugs), text, line))
+    return entries
 
 
 # -- sections -----------------------------------------------------------------------------------
@@ -159,7 +228,7 @@ def _split_stories(tokens: list[Token]) -> tuple[list[Token], list[list[Token]]]
     return opening, stories
 
 
-def _opening(tokens, tldr: list[str], tldr_line, env, settings, check: Checker) -> Section:
+def _opening(tokens, tldr: list[tuple[str, Any, int]], tldr_line, env, settings, check: Checker) -> Section:
     categories = None
     body = []
     for token in tokens:
@@ -170,15 +239,16 @@ def _opening(tokens, tldr: list[str], tldr_line, env, settings, check: Checker) 
         else:
             body.append(token)
     warn_misplaced(body, check, tldr_here="the TL;DR box at the top is the 'tldr' list of the front matter")
-    tldr_tokens = [MD.parseInline(item, env)[0].children or [] for item in tldr]
-    lines = [tldr_line(f"tldr.{index}") for index in range(len(tldr))]
-    for item, children, line in zip(tldr, tldr_tokens, lines):
+    tldr_tokens = [MD.parseInline(item, env)[0].children or [] for item, _, _ in tldr]
+    lines = [line for _, _, line in tldr]
+    for (item, _, line), children in zip(tldr, tldr_tokens):
         for label in undefined_refs(children, dict.fromkeys(written_refs(item), 0)):
             check.error(line, f"{undefined(label, defined_labels(env), check)} (in 'tldr')")
     return Section(
         kind="opening", line=1, categories=categories,
         tldr_html=[to_html(c, env, line, check) for c, line in zip(tldr_tokens, lines)],
         tldr_text=[plaintext.inline(c) for c in tldr_tokens],
+        tldr_categories=[categories for _, categories, _ in tldr],
         body_html=to_html(body, env, check.line_at(0), check),
         body_text=plaintext.blocks(body),
     )
