@@ -15,8 +15,8 @@ from . import preview as preview_mod
 from .config import Settings, load_settings
 from .digest import load_digest
 from .errors import DigestError, ExitCode, NewsletterError
-from .render import Renderer, size_warnings
-from .send import possible_variants, prepare
+from .render import Renderer, empty_tldr, select, size_warnings
+from .send import categories_of, describe_variant, possible_variants, prepare
 from .subscribers import Subscribers
 
 _debug = False
@@ -67,15 +67,25 @@ def shown_path(path: Path) -> str:
 
 
 def parse_categories(settings: Settings, value: str | None) -> list[str] | None:
+    """`--categories`: slugs or display names (any case), comma-separated; None when not given."""
     if value is None:
         return None
-    slugs = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = [s for s in slugs if settings.category(s) is None]
+    by_name = {}
+    for category in settings.categories:
+        by_name.setdefault(category.slug.casefold(), category.slug)
+        by_name.setdefault(" ".join(category.name.split()).casefold(), category.slug)
+    whole = " ".join(value.split()).casefold()
+    parts = [whole] if whole in by_name else [" ".join(p.split()).casefold() for p in value.split(",")]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise click.BadParameter("names no category; leave it out to preview every story (what a reader "
+                                 "with no categories gets)", param_hint="'--categories'")
+    unknown = [p for p in parts if p not in by_name]
     if unknown:
-        known = ", ".join(settings.category_slugs)
+        known = ", ".join(f"{c.slug} ({c.name})" for c in settings.categories)
         raise click.BadParameter(f"unknown category '{unknown[0]}' (known: {known})",
                                  param_hint="'--categories'")
-    return slugs
+    return list(dict.fromkeys(by_name[p] for p in parts))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,6 +131,10 @@ def check(app: App, files: tuple[str, ...]) -> None:
         for key, variant in variants.items():
             for warning in size_warnings(variant.size):
                 echo_warning(f"{file}: variant {key}: {warning}")
+            if categories_of(key) is not None and empty_tldr(select(digest, categories_of(key))):
+                echo_warning(f"{file}:{digest.tldr_line}: the TL;DR box is empty for readers of "
+                             f"{describe_variant(app.settings, key)}: every 'tldr' line is about stories "
+                             "they do not get (a line with 'text:' and 'categories:' can be theirs)")
         stories = [s for s in digest.stories if s.kind == "story"]
         roundups = sum(len(s.entries) for s in digest.stories if s.kind == "roundups")
         click.echo(f"ok: {file}: {plural(len(stories), 'story', 'stories')}, "

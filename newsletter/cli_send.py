@@ -18,7 +18,7 @@ from .cli import App, cli, pass_app, plural, shown_path
 from .digest import Digest, load_digest
 from .errors import ExitCode
 from .ledger import Ledger, Run, RunStatus
-from .providers import Provider, make_provider
+from .providers import Provider, check_provider, make_provider
 from .schedule import BACKOFF, next_retry
 from .send import PAUSED_BY_USER, Plan, Variant
 
@@ -45,6 +45,7 @@ def provider_for(app: App) -> Provider:
 def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...], again: bool) -> None:
     """Send digest FILE to every active reader whose categories it covers."""
     settings = app.settings
+    check_provider(settings)  # a dry run says what the real send would fail on, before any question
     digest = load_digest(file, settings)
     for warning in digest.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
@@ -124,6 +125,10 @@ def deliver(app: App, ledger: Ledger, provider: Provider, run: Run, digest: Dige
                            detail=f"sent {p.sent} failed {p.failed} skipped {p.skipped} {rate:,.0f}/s")
             run = sending.deliver(app.settings, ledger, run, digest, variants, provider=provider,
                                   on_progress=on_progress, stop=stop)
+    except KeyboardInterrupt:  # the second Ctrl-C: the run keeps its batch in flight, and resume sends it
+        click.secho(f"stopped at once: run {run.id} is not finished. Resume with `newsletter resume {run.id}`",
+                    fg="yellow", err=True)
+        raise SystemExit(ExitCode.INTERRUPTED) from None
     finally:
         signal.signal(signal.SIGINT, previous)
     report(ledger, run, time.monotonic() - started)
@@ -154,6 +159,7 @@ def resume(app: App, run_id: int, yes: bool) -> None:
     """Go on with send run RUN_ID after a pause, a crash or a provider failure."""
     ledger = Ledger(app.subscribers.engine)
     run, digest, variants = sending.reopen_run(app.settings, ledger, run_id)
+    check_provider(app.settings)  # what the resume would fail on, before the question
     ledger.forget_retries(run.id)  # a later pause gets the scheduler's retries afresh
     counts = ledger.counts(run.id)
     left = counts["queued"] + counts["sending"]

@@ -16,7 +16,7 @@ from .imports import FORMATS, import_csv
 from .files import atomic_writer
 from .config import UNSAFE_CHARACTERS
 from .store import current_revision, database_exists, head_revision, open_engine
-from .subscribers import Consent, ConsentMethod, Status, Subscribers, write_csv
+from .subscribers import Consent, ConsentMethod, Status, Subscribers, normalize_email, write_csv
 
 STATUS = click.Choice([s.value for s in Status])
 RAW_HELP = "Write cells exactly as stored, even those a spreadsheet would run as a formula."
@@ -57,9 +57,16 @@ def add(app: App, email: str, name: str | None, categories: str | None) -> None:
 @click.argument("email")
 @pass_app
 def remove(app: App, email: str) -> None:
-    """Unsubscribe EMAIL. The reader is kept (as unsubscribed) so no import brings them back."""
-    reader = app.subscribers.change_status(email, Status.UNSUBSCRIBED, reason="removed with the CLI")
-    click.echo(f"unsubscribed {reader.email}")
+    """Unsubscribe EMAIL. The reader is kept (as unsubscribed) so no import brings them back.
+    A reader who already left is left as they are (exit status 0: they get no email either way)."""
+    reader, changed = app.subscribers.unsubscribe(email, reason="removed with the CLI")
+    if reader is None:
+        click.echo(f"{normalize_email(email)} was forgotten at the reader's request: nothing to remove")
+    elif not changed:
+        click.echo(f"{reader.email} had already left ({reader.status.value} since "
+                   f"{reader.status_changed_at:%Y-%m-%d}): nothing changed")
+    else:
+        click.echo(f"unsubscribed {reader.email}")
 
 
 @subscribers.command()
@@ -112,6 +119,7 @@ def count(app: App) -> None:
     categories = Table("category", "active readers", box=None)
     for slug, n in by_category.items():
         categories.add_row(f"{app.settings.category(slug).name} ({slug})", str(n))
+    categories.add_row("no categories (every story)", str(app.subscribers.active_without_categories()))
     console = Console()
     console.print(table)
     console.print()

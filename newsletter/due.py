@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import frontmatter
 from .config import Settings
-from .digest import Checker, Digest, load_digest
+from .digest import Checker, Digest, Source, load_digest, read_source
 from .errors import DigestError, Problem
 from .ledger import Ledger, RunStatus
 
@@ -36,9 +36,9 @@ def find_due(settings: Settings, ledger: Ledger, today: dt.date) -> DuePass:
     if not folder.is_dir():
         found.failed.append(Problem(str(folder), None, "digests_dir is not a folder"))
         return found
-    ready: list[tuple[dt.date, str, Path]] = []
+    ready: list[tuple[dt.date, str, Path, Source]] = []
     for path in sorted(folder.glob("*.md")):
-        status, date, problems = read_front_matter(path)
+        status, date, problems, source = read_front_matter(path)
         if status != "ready":
             continue
         if problems:  # a ready digest whose front matter cannot be read: say so, like check does
@@ -47,8 +47,8 @@ def find_due(settings: Settings, ledger: Ledger, today: dt.date) -> DuePass:
         if date is not None and date > today:
             found.not_yet.append(path.stem)
             continue
-        ready.append((date or dt.date.min, path.name, path))
-    for _date, _name, path in sorted(ready):
+        ready.append((date or dt.date.min, path.name, path, source))
+    for _date, _name, path, source in sorted(ready, key=lambda r: r[:2]):
         runs = ledger.runs(path.stem)
         if any(r.status == RunStatus.FINISHED for r in runs):
             continue  # sent: a ready digest stays ready in git after it went out
@@ -56,27 +56,25 @@ def find_due(settings: Settings, ledger: Ledger, today: dt.date) -> DuePass:
             found.unfinished.append(path.stem)  # the scheduler resumes those; never a second run
             continue
         try:
-            found.due.append(load_digest(path, settings))
+            found.due.append(load_digest(path, settings, source))  # the front matter is read once
         except DigestError as e:
             found.failed.extend(e.problems)
     return found
 
 
-def read_front_matter(path: Path) -> tuple[str, dt.date | None, list[Problem]]:
-    """A digest's `status` and `date` without reading the rest: drafts cost next to nothing."""
-    check = Checker(path)
+def read_front_matter(path: Path) -> tuple[str, dt.date | None, list[Problem], Source | None]:
+    """A digest's `status` and `date`, and the file as read, which a full load goes on from:
+    drafts cost next to nothing, and a due digest's front matter is read once."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        return "ready", None, [Problem(str(path), None, f"cannot read: {getattr(e, 'strerror', None) or e}")]
-    lines = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    front, _ = frontmatter.split(lines, check)
-    loaded = frontmatter.load(front, check) if front is not None else None
-    if loaded is None:
-        return "ready", None, check.errors  # unreadable: reported rather than silently skipped
-    meta, key_lines = loaded
+        source = read_source(path)
+    except DigestError as e:
+        return "ready", None, e.problems, None  # unreadable: reported rather than silently skipped
+    if source.front is None:
+        return "ready", None, source.check.errors, None
+    check = Checker(path)
+    meta, key_lines = source.front
     status = frontmatter.status(meta.get("status"), key_lines.get("status", 1), check)
     if meta.get("status") is not None and check.errors:
-        return "ready", None, check.errors  # a misspelt status must not hide an issue meant to go
+        return "ready", None, check.errors, None  # a misspelt status must not hide an issue meant to go
     date = frontmatter.date(meta.get("date"), key_lines.get("date", 1), check)
-    return status, date, check.errors
+    return status, date, check.errors, source

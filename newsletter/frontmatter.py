@@ -16,11 +16,34 @@ if TYPE_CHECKING:
 
 # libyaml when PyYAML was built with it: about 16 times faster than the pure-Python loader.
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+NULL_TAG, STR_TAG = "tag:yaml.org,2002:null", "tag:yaml.org,2002:str"
+DATE_RE = yaml.constructor.SafeConstructor.timestamp_regexp  # what YAML itself takes for a date
+
 # Invisible characters that break the email (\x02 and \x03 mark footnote references inside us;
 # MJML refuses most of the others). Tabs and line ends are text.
 CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 LINE_BREAK_RE = re.compile("[\n\u2028\u2029]")
 BIDI_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+class FrontMatterLoader(YAML_LOADER):  # type: ignore[misc, valid-type]
+    """Reads every plain value as the text the writer typed (`title: yes`, `title: 2026-01-01`,
+    `.nan`, `12:30`), empty and `null` as nothing. Every front-matter key holds text or a list of
+    text; YAML 1.1's guesses at booleans, numbers and dates only changed what the writer wrote,
+    and an impossible date (2026-02-30) made the loader itself fail without a line."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag == NULL_TAG]
+        for first, resolvers in YAML_LOADER.yaml_implicit_resolvers.items()
+    }
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, OverflowError) as e:  # an explicit tag: !!timestamp 2026-02-30
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shorten(node.value if isinstance(node.value, str) else node.tag)} "
+                f"as {node.tag.rsplit(':', 1)[-1]} ({shorten(e)})", node.start_mark) from None
 
 
 def split(lines: list[str], check: Checker) -> tuple[str | None, int]:
@@ -37,7 +60,7 @@ def split(lines: list[str], check: Checker) -> tuple[str | None, int]:
 
 def load(front: str, check: Checker) -> tuple[dict[str, Any], dict[str, int]] | None:
     """The values, and the line of each key ("tldr.0": of a list's items); None on an error."""
-    loader = YAML_LOADER(front)
+    loader = FrontMatterLoader(front)
     try:
         node = loader.get_single_node()  # parsed once: the nodes give lines, then the values
         if node is not None and not _check_nodes(node, check):
@@ -58,6 +81,10 @@ def load(front: str, check: Checker) -> tuple[dict[str, Any], dict[str, int]] | 
     if not isinstance(meta, dict):
         check.error(2, "front matter must be 'key: value' lines")
         return None
+    odd = [k for k, _ in node.value if k.tag != STR_TAG] if isinstance(node, yaml.MappingNode) else []
+    if odd:  # `~: x`, `[a]: x`, `!!int 1: x`
+        check.error(odd[0].start_mark.line + 2, "a front matter key must be a name such as 'title'")
+        return None
     key_lines = {}
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
@@ -65,6 +92,9 @@ def load(front: str, check: Checker) -> tuple[dict[str, Any], dict[str, int]] | 
                 key_lines[k.value] = k.start_mark.line + 2
                 if isinstance(v, yaml.SequenceNode):  # each item's own line: "tldr.0", ...
                     key_lines |= {f"{k.value}.{i}": item.start_mark.line + 2 for i, item in enumerate(v.value)}
+                elif isinstance(v, yaml.MappingNode):  # each entry's own line: "subjects.ai-tech", ...
+                    key_lines |= {f"{k.value}.{child.value}": child.start_mark.line + 2
+                                  for child, _ in v.value if isinstance(child, yaml.ScalarNode)}
     return meta, key_lines
 
 
@@ -105,10 +135,14 @@ def text_field(meta: dict, key: str, line_of: Callable[[str], int], check: Check
     value = meta.get(key)
     if value is None:
         return ""
-    if isinstance(value, (dict, list)):
-        check.error(line_of(key), f"'{key}' must be text")
+    if not isinstance(value, str):  # a list, a mapping, or a value given an explicit !!tag
+        check.error(line_of(key), f"'{key}' must be text, got {_kind(value)}")
         return ""
-    return clean_text(str(value).strip(), key, line_of(key), check)
+    return clean_text(value.strip(), key, line_of(key), check)
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", dict: "key: value pairs"}.get(type(value), type(value).__name__)
 
 
 def clean_text(text: str, key: str, line: int, check: Checker) -> str:
@@ -120,24 +154,28 @@ def clean_text(text: str, key: str, line: int, check: Checker) -> str:
     return CONTROL_RE.sub("", text)
 
 
-def check_subject(title: str, line: int, check: Checker) -> None:
+def check_subject(title: str, line: int, check: Checker, key: str = "title") -> None:
     """The title is the subject: a header, one line long, that shows what it says."""
     if LINE_BREAK_RE.search(title):
-        check.error(line, "'title' is the subject line and cannot contain a line break")
+        check.error(line, f"'{key}' is the subject line and cannot contain a line break")
     bidi = BIDI_RE.search(title)
     if bidi:
-        check.warn(line, f"'title' contains the invisible bidirectional control U+{ord(bidi.group()):04X}, "
+        check.warn(line, f"'{key}' contains the invisible bidirectional control U+{ord(bidi.group()):04X}, "
                    "which can make the subject read differently from what it is")
 
 
 def date(value: Any, line: int, check: Checker) -> dt.date | None:
-    """The issue's date, from a YAML date or an ISO string."""
+    """The issue's date: 2026-04-22, or a timestamp as YAML writes one (its day counts)."""
     if value is None or isinstance(value, dt.date):
         return value.date() if isinstance(value, dt.datetime) else value
-    try:
-        return dt.date.fromisoformat(str(value).strip())
-    except ValueError:
+    found = DATE_RE.match(value.strip()) if isinstance(value, str) else None
+    if found is None:
         check.error(line, f"'date' must be a date like 2026-04-22, got {shorten(repr(value))}")
+        return None
+    try:
+        return dt.date(int(found["year"]), int(found["month"]), int(found["day"]))
+    except ValueError:
+        check.error(line, f"'date' {shorten(value.strip())} is not a day of the calendar")
         return None
 
 

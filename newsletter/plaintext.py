@@ -1,12 +1,19 @@
-"""markdown-it tokens become the readable plain-text part of the email."""
+r"""markdown-it tokens become the readable plain-text part of the email.
+
+A body is not wrapped here: footnote references are still `[\x02label\x03]`, and a variant
+numbers them `[n]` later, so a line wrapped now would come out short or long. Instead each
+paragraph is one line, `\x1fFIRST\x1fREST\x1fTEXT` (FIRST is put before its first line, REST before
+the others), and a heading adds `\x1f-`, the character that underlines it. The `fill` macro of
+templates/email/wrap.txt wraps them at 78 columns once the numbers are in. Other lines (code,
+rules, blank lines of a quote) are kept as they are. Digest text never holds \x1f: the checks
+refuse control characters.
+"""
 
 from __future__ import annotations
 
-import textwrap
-
 from markdown_it.token import Token
 
-WIDTH = 76
+FIELD = "\x1f"
 
 
 def inline(children: list[Token]) -> str:
@@ -68,8 +75,7 @@ def blocks(tokens: list[Token]) -> str:
             parent = tokens[i - 1].type if i else ""
             if parent == "heading_open":
                 text = text.upper() if tokens[i - 1].tag in ("h1", "h2") else text
-                underline = "-" * min(len(text), WIDTH)
-                paragraphs.append((_wrap(text, "".join(prefixes)) + "\n" + underline, False))
+                paragraphs.append((_wrap(text, "".join(prefixes), underline="-"), False))
             else:
                 # markdown-it hides the paragraphs of a tight list: those items sit line by line.
                 tight = parent == "paragraph_open" and tokens[i - 1].hidden
@@ -84,12 +90,14 @@ def blocks(tokens: list[Token]) -> str:
     return _join(paragraphs)
 
 
-def _wrap(text: str, indent: str, first: str | None = None) -> str:
+def _wrap(text: str, indent: str, first: str | None = None, underline: str = "") -> str:
+    """Each line of `text` as a paragraph for the template to wrap (see the module docstring)."""
+    parts = text.split("\n")
     lines = []
-    for n, part in enumerate(text.split("\n")):
-        lines.append(textwrap.fill(part, WIDTH, initial_indent=(first if first and n == 0 else indent),
-                                   subsequent_indent=indent, break_long_words=False,
-                                   break_on_hyphens=False) or indent.rstrip())
+    for n, part in enumerate(parts):
+        lead = first if first and n == 0 else indent
+        mark = [underline] if underline and n == len(parts) - 1 else []
+        lines.append(FIELD.join(["", lead, indent, part, *mark]) if part.strip() else lead.rstrip())
     return "\n".join(lines)
 
 

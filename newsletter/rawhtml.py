@@ -281,9 +281,10 @@ def check_blocks(tokens: list[Token], check: Checker) -> None:
 
 
 class Inspection:
-    """One fragment, walked before it is rendered: each thing the allow-list will remove is a
-    warning on its line; elements nesting too deep, or an element removed with its content that
-    never closes (taking the rest of the fragment with it), are errors."""
+    """One fragment, walked before it is rendered: each thing the allow-list will remove from raw
+    HTML is a warning on its line; a Markdown link or image whose URL cannot work in an email,
+    elements nesting too deep, or an element removed with its content that never closes (taking
+    the rest of the fragment with it), are errors."""
 
     def __init__(self, line: int, check: Checker):
         self.line, self.check = line, check
@@ -312,14 +313,26 @@ class Inspection:
             return self.raw(token.content, inline=token.type == "html_inline")
         elif self.raw_text:
             return True  # Markdown inside <script>...</script> is script
-        elif token.type in ("link_open", "image"):
-            attribute = "href" if token.type == "link_open" else "src"
-            url = str(token.attrGet(attribute) or "")
-            if not url_allowed(url):
-                self.check.warn(self.line, removed_value(token.tag, attribute, url))
+        elif token.type == "link_open":
+            href = str(token.attrGet("href") or "")
+            if not url_allowed(href):
+                self.check.error(self.line, f"the link '{shorten(href)}' leads nowhere in an email: "
+                                 "write an http, https or mailto URL, or a #anchor")
+        elif token.type == "image":
+            self.image(str(token.attrGet("src") or ""), token.content)
         if token.nesting and not token.hidden:
             return self.tag(token.tag, closing=token.nesting == -1)
         return True
+
+    def image(self, src: str, alt: str) -> None:
+        """A Markdown image: one that cannot load is an error, one without alt text a warning."""
+        scheme = SCHEME_RE.match(URL_NOISE_RE.sub("", src).strip(C0_AND_SPACE))
+        if scheme is None or scheme.group(1).lower() not in ("http", "https"):
+            self.check.error(self.line, f"the image '{shorten(src)}' cannot load in an email: its URL "
+                             "must start with https:// (or http://)")
+        if not alt.strip():
+            self.check.warn(self.line, f"the image '{shorten(src)}' has no alt text, which readers see "
+                            "when images are blocked and screen readers read out")
 
     def raw(self, raw: str, inline: bool) -> bool:
         line = self.line

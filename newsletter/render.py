@@ -6,6 +6,7 @@ as `%%name%%` placeholders that `personalize` fills in.
 
 from __future__ import annotations
 
+import dataclasses
 import html as html_lib
 import logging
 import re
@@ -31,7 +32,7 @@ REF_STYLE = "font-size:12px;line-height:0"
 REF_LINK_STYLE = f"{LINK_STYLE};text-decoration:none;font-weight:600;padding:0 1px"
 PLACEHOLDER_RE = re.compile("%%(" + "|".join(LINK_NAMES) + ")%%")
 ANCHOR_RE = re.compile(r'\sid="([^"]+)"')
-IMAGE_TAG = '<img class="img" '  # as digest.py writes an image of the Markdown
+IMAGE_TAG = '<img class="img" '  # as digest/markdown.py writes a Markdown image
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,8 @@ def select(digest: Digest, categories: Iterable[str] | None = None) -> Variant:
     wanted = None if categories is None else frozenset(categories)
     sections = [s for s in digest.sections
                 if wanted is None or s.categories is None or wanted & set(s.categories)]
+    if wanted is not None and sections and sections[0] is digest.opening:
+        sections[0] = _opening_for(digest, sections, wanted)
     notes: dict[str, Note] = {}
     placement: dict[int, list[Note]] = {}
     for index, section in enumerate(sections):
@@ -128,6 +131,39 @@ def select(digest: Digest, categories: Iterable[str] | None = None) -> Variant:
                 home = index if digest.footnote_mode == "inline" else len(sections)
                 placement.setdefault(home, []).append(notes[label])
     return Variant(digest, wanted, sections, list(notes.values()), placement)
+
+
+def _opening_for(digest: Digest, kept: list[Section], wanted: frozenset[str]) -> Section:
+    """The opening with the TL;DR lines a reader of `wanted` should read: a line with its own
+    categories is kept for readers of one of them; any other line is dropped when every note it
+    cites belongs only to stories this reader does not get (it talks about those stories)."""
+    opening = digest.opening
+    if not opening.tldr_html:
+        return opening
+    in_tldr = {m.group(1) for line in opening.tldr_html for m in REF_RE.finditer(line)}
+    body_only = dataclasses.replace(opening, tldr_html=[], tldr_text=[], tldr_categories=[])
+    kept_ids = {id(s) for s in kept}
+    cited_kept = {label for s in [body_only, *kept[1:]] for label in s.cited_labels}
+    cited_dropped = {label for s in digest.stories if id(s) not in kept_ids for label in s.cited_labels}
+    keep = []
+    for html, own in zip(opening.tldr_html, opening.tldr_categories or [None] * len(opening.tldr_html)):
+        labels = {m.group(1) for m in REF_RE.finditer(html)} & in_tldr
+        if own is not None:
+            keep.append(bool(wanted & set(own)))
+        else:
+            keep.append(not labels or any(l in cited_kept or l not in cited_dropped for l in labels))
+    if all(keep):
+        return opening
+    pick = lambda items: [item for item, k in zip(items, keep) if k]  # noqa: E731
+    return dataclasses.replace(opening, tldr_html=pick(opening.tldr_html), tldr_text=pick(opening.tldr_text),
+                               tldr_categories=pick(opening.tldr_categories or [None] * len(keep)))
+
+
+def empty_tldr(variant: Variant) -> bool:
+    """The digest has a TL;DR box, and none of its lines is for this variant's readers."""
+    opening = variant.digest.opening
+    return bool(opening.tldr_html) and bool(variant.sections) and variant.sections[0].kind == "opening" \
+        and not variant.sections[0].tldr_html
 
 
 class Renderer:
@@ -164,11 +200,11 @@ class Renderer:
             check_whole(compiled, html, text)
         except RenderError as e:
             raise RenderError(f"{digest.path}: variant {variant.key}: {e}") from None
-        return Email(subject=digest.title, preheader=self.preheader(digest), html=html,
-                     text=text, variant=variant)
+        return Email(subject=digest.subject_for(variant.categories), preheader=self.preheader(variant),
+                     html=html, text=text, variant=variant)
 
-    def preheader(self, digest: Digest) -> str:
-        return digest.preheader or digest.subtitle
+    def preheader(self, variant: Variant) -> str:
+        return variant.digest.preheader_for(variant.categories)
 
     def context(self, variant: Variant, html: bool) -> dict:
         digest, settings = variant.digest, self.settings
@@ -183,7 +219,7 @@ class Renderer:
             "settings": settings, "digest": digest, "variant": variant,
             "date": digest.date.strftime("%B %-d, %Y") if digest.date else "",
             "categories": [c.name for c in settings.categories if c.slug in shown],
-            "preheader": self.preheader(digest),
+            "preheader": self.preheader(variant),
             "sections": sections, "notes_after": notes_after,
             "end_notes": notes_after.get(len(variant.sections), []),
             "links": PLACEHOLDERS, "layout": LAYOUT,

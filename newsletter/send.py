@@ -120,13 +120,15 @@ class Variant:
     html: Personal
     text: Personal
     size: int
+    subject: str  # the digest's title, or the subject its front matter gives these categories
 
 
 def render_variants(renderer: Renderer, digest: Digest, keys: Iterable[str]) -> dict[str, Variant]:
     variants = {}
     for key in keys:
         email = renderer.render(digest, categories_of(key))
-        variants[key] = Variant(key, Personal(email.html, html=True), Personal(email.text), email.size)
+        variants[key] = Variant(key, Personal(email.html, html=True), Personal(email.text), email.size,
+                                email.subject)
     return variants
 
 
@@ -187,7 +189,7 @@ class Composer:
         links = self.reader_links.for_reader(self.digest.slug, recipient.token, recipient.variant)
         return Message(
             key=key, to=recipient.email, sender=self.settings.sender, reply_to=self.settings.reply_to,
-            subject=self.digest.title, html=variant.html.fill(links), text=variant.text.fill(links),
+            subject=variant.subject, html=variant.html.fill(links), text=variant.text.fill(links),
             headers={"List-Unsubscribe": f"<{links['unsubscribe_url']}>",
                      "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "List-Id": self.list_id},
             tags={"issue": self.tag_issue, "variant": recipient.variant})
@@ -530,7 +532,7 @@ def send_test_copies(settings: Settings, digest: Digest, variants: dict[str, Var
         for key, variant in variants.items():
             messages.append(Message(
                 key=f"test-{batch_id}-{len(messages)}", to=address, sender=settings.sender,
-                reply_to=settings.reply_to, subject=f"[test: {key}] {digest.title}",
+                reply_to=settings.reply_to, subject=f"[test: {key}] {variant.subject}",
                 html=variant.html.fill(links), text=variant.text.fill(links),
                 headers={"List-Unsubscribe": f"<{links['unsubscribe_url']}>",
                          "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "List-Id": list_id},

@@ -394,6 +394,17 @@ class Subscribers:
                       ip=normalize_ip(ip))
             return self.require(reader.email, c)
 
+    def unsubscribe(self, email: str, *, reason: str) -> tuple[Reader | None, bool]:
+        """Unsubscribe a reader: (the reader, True), or (the reader, False) if they had already
+        left (unsubscribed, bounced, complained), or (None, False) if they were forgotten."""
+        with self.engine.begin() as conn:
+            reader = self.get(email, conn)
+            if reader is None and self.is_forgotten(email, conn):
+                return None, False
+            if reader is not None and reader.status in STOPPED:
+                return reader, False
+            return self.change_status(email, Status.UNSUBSCRIBED, reason=reason, conn=conn), True
+
     def set_categories(self, email: str, slugs: Iterable[str], *, ip: str | None = None,
                        reason: str | None = None) -> Reader:
         slugs = self.check_categories(slugs)
@@ -550,6 +561,13 @@ class Subscribers:
                 .group_by(reader_categories.c.category)).all())
         return ({s.value: by_status.get(s.value, 0) for s in Status},
                 {slug: by_category.get(slug, 0) for slug in self.categories})
+
+    def active_without_categories(self) -> int:
+        """Active readers who chose no category: they get every story."""
+        chose = sa.select(reader_categories.c.reader_id).where(reader_categories.c.reader_id == readers.c.id)
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(readers).where(
+                readers.c.status == Status.ACTIVE.value, ~chose.exists())).scalar_one()
 
     def export_csv(self, out: IO[str], status: Status | None = None, category: str | None = None, *,
                    raw: bool = False) -> int:

@@ -61,6 +61,9 @@ def test_preview_warns_about_size(run, tmp_path):
     (["preview", "nope.md"], "error: nope.md: file not found"),
     (["preview", EXAMPLE, "--categories", "sports"], "error: Invalid value for '--categories': "
      "unknown category 'sports'"),
+    (["preview", EXAMPLE, "--categories", ""], "error: Invalid value for '--categories': names no category; "
+     "leave it out to preview every story"),
+    (["preview", EXAMPLE, "--categories", " , "], "error: Invalid value for '--categories': names no category"),
     (["--config", "missing.toml", "preview", EXAMPLE], "error: missing.toml: config file not found"),
 ])
 def test_errors_are_one_line(run, tmp_path, args, message):
@@ -210,3 +213,13 @@ def test_commands_that_start_a_list_create_the_database(run, monkeypatch, tmp_pa
     assert result.code == 0, result.err
     assert out in result.out and db.exists()
     assert run("subscribers", "count").code == 0  # and now the others find it
+
+
+@pytest.mark.parametrize("given", ["AI Tech, essays", "ai tech,Essays", "ai-tech,ESSAYS", "essays, AI  Tech"])
+def test_preview_categories_take_display_names_as_well_as_slugs(run, tmp_path, given):
+    out = tmp_path / "x.html"
+    result = run("preview", EXAMPLE, "--categories", given, "--out", out)
+    assert result.code == 0, result.err
+    expected = tmp_path / "by-slug.html"
+    assert run("preview", EXAMPLE, "--categories", "ai-tech,essays", "--out", expected).code == 0
+    assert out.read_text(encoding="utf-8") == expected.read_text(encoding="utf-8")

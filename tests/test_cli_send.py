@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from email import message_from_bytes, policy
@@ -82,6 +84,29 @@ def test_dry_run_and_test_copies_touch_no_reader(cli, tmp_path):
     assert all("me@example.org" in f or "you@example.org" in f for f in files)
     assert "test copy ai-tech to me@example.org: sent" in result.out
     assert "2026-04-22" not in cli("runs").out, "test copies are not a run"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"NEWSLETTER_PROVIDER": "resend"}, "error: provider is resend but $RESEND_API_KEY is not set"),
+    ({"NEWSLETTER_PROVIDER": "smtp", "NEWSLETTER_SMTP_HOST": " "}, "error: provider is smtp but smtp_host is empty"),
+    ({"NEWSLETTER_PROVIDER": "smtp", "NEWSLETTER_SMTP_USERNAME": "news"},
+     "error: smtp_username is set but $NEWSLETTER_SMTP_PASSWORD is not set"),
+    ({"NEWSLETTER_PROVIDER": "smtp", "NEWSLETTER_SMTP_PASSWORD": "secret-pw"},
+     "error: $NEWSLETTER_SMTP_PASSWORD is set but smtp_username is not: the password would never be used"),
+])
+def test_provider_settings_are_checked_by_a_dry_run_and_before_the_question(cli, tmp_path, monkeypatch,
+                                                                           env, message):
+    monkeypatch.delenv("RESEND_API_KEY", raising=False)
+    monkeypatch.delenv("NEWSLETTER_SMTP_PASSWORD", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = cli("send", EXAMPLE, "--dry-run")
+    assert (result.code, result.err) == (1, message + "\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    result = cli("send", EXAMPLE)
+    assert (result.code, result.err) == (1, message + "\n") and "Send \"" not in result.out
+    assert "secret-pw" not in result.out + result.err
+    assert "2026-04-22" not in cli("runs").out, "no run was opened"
 
 
 def test_send_asks_first(cli, tmp_path, monkeypatch):
@@ -162,3 +187,66 @@ def test_ctrl_c_pauses_and_resume_finishes(db_url, fake_resend, session_settings
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert fake_resend.addresses() == Counter({email: 1 for email in readers})
+
+
+def lines_of(stream) -> "queue.Queue[str]":
+    """The lines a process writes to `stream`, as they come, to wait on with a deadline."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)  # the end of the stream
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def rest_of(lines: "queue.Queue[str | None]", seconds: float = 30.0) -> str:
+    """Everything up to the end of the stream (the process has ended)."""
+    out = []
+    deadline = time.monotonic() + seconds
+    while (line := lines.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+        out.append(line)
+    return "".join(out)
+
+
+def wait_for_line(lines: "queue.Queue[str]", text: str, seconds: float = 30.0) -> list[str]:
+    seen: list[str] = []
+    deadline = time.monotonic() + seconds
+    while not any(text in line for line in seen):
+        try:
+            seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+        except queue.Empty:
+            pytest.fail(f"no {text!r} within {seconds:.0f} s; got {seen}")
+    return seen
+
+
+def test_a_second_ctrl_c_stops_at_once_and_says_how_to_resume(db_url, fake_resend, session_settings):
+    readers = [f"s{i:03d}@example.com" for i in range(60)]
+    env, process = real_send(db_url, fake_resend, session_settings, readers, rate=8)
+    err = lines_of(process.stderr)
+    delivered_at_least(fake_resend, 10, process)
+    state = fake_resend.state
+    with state.lock:  # the next request the server takes hangs for 8 s: a batch in flight
+        arrived = len(state.arrivals)
+        state.switches.delay, state.switches.delay_next = 8.0, 1
+    deadline = time.monotonic() + 30
+    while len(state.arrivals) == arrived:  # the fake server counts; there is no event to wait on
+        assert time.monotonic() < deadline and process.poll() is None, "the send stopped sending"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    seen = wait_for_line(err, "pausing after the batch in flight")
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+    assert time.monotonic() - started < 5, "the second Ctrl-C does not wait for the batch in flight"
+    stderr = "".join(seen) + rest_of(err)
+    assert process.returncode == 130, stderr
+    assert "stopped at once: run 1 is not finished. Resume with `newsletter resume 1`" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert sum(fake_resend.addresses().values()) < len(readers)
+    result = subprocess.run([*COMMAND, "resume", "1", "--yes"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "run 1 finished" in result.stdout
+    assert fake_resend.addresses() == Counter({email: 1 for email in readers}), "each reader got it once"

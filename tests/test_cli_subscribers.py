@@ -57,6 +57,39 @@ def test_rotate_token(cli):
     assert token not in before and len(token) >= 32
 
 
+def test_count_shows_active_readers_with_no_categories(cli):
+    cli("subscribers", "add", "ana@example.com", "--categories", "ai-tech")
+    for email in ("bo@example.com", "cy@example.com", "di@example.com"):
+        cli("subscribers", "add", email)
+    cli("subscribers", "remove", "di@example.com")  # no categories, but not active: not counted
+    counted = cli("subscribers", "count").out
+    rows = {line.rsplit(None, 1)[0].strip(): line.split()[-1] for line in counted.splitlines() if line.strip()}
+    assert rows["no categories (every story)"] == "2" and rows["AI Tech (ai-tech)"] == "1"
+
+
+def test_removing_a_reader_who_already_left_says_so(cli, db_url, session_settings):
+    """Exit status 0: whatever the reason they left, they get no email, which is what was asked."""
+    cli("subscribers", "add", "ana@example.com")
+    assert cli("subscribers", "remove", "ana@example.com").out == "unsubscribed ana@example.com\n"
+    again = cli("subscribers", "remove", "Ana@example.com")
+    assert again.code == 0, again.err
+    assert re.fullmatch(r"ana@example\.com had already left \(unsubscribed since \d{4}-\d\d-\d\d\): "
+                        r"nothing changed\n", again.out)
+    subs = Subscribers.open(db_url, session_settings.categories)
+    subs.add("bo@example.com", consent=Consent(ConsentMethod.CLI))
+    subs.change_status("bo@example.com", Status.BOUNCED, reason="hard bounce")
+    subs.close()
+    bounced = cli("subscribers", "remove", "bo@example.com")
+    assert bounced.code == 0 and "bo@example.com had already left (bounced since" in bounced.out, bounced.err
+    assert "status:          bounced" in cli("subscribers", "show", "bo@example.com").out, "left as it was"
+    cli("subscribers", "forget", "ana@example.com", "--yes")
+    forgotten = cli("subscribers", "remove", "ana@example.com")
+    assert (forgotten.code, forgotten.out) == (0, "ana@example.com was forgotten at the reader's request: "
+                                                  "nothing to remove\n")
+    unknown = cli("subscribers", "remove", "nobody@example.com")
+    assert (unknown.code, unknown.err) == (1, "error: no reader with address nobody@example.com\n")
+
+
 def test_remove_set_categories_forget(cli):
     cli("subscribers", "add", "ana@example.com")
     assert cli("subscribers", "set-categories", "ana@example.com", "ai-news").out.strip() == \

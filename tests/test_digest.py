@@ -179,7 +179,7 @@ def test_extra_text_in_a_note(write_digest, settings, renderer):
     digest = load_digest(write_digest(text), settings)
     assert digest.warnings == []
     email = renderer.render(digest)
-    assert "Note B</a>, via a friend" in email.html and "Note B, via a friend (b.example.org)" in email.text
+    assert "Note B</a>, via a friend" in email.html and "[2] Note B, via a friend\n    https://www.b.example.org/y\n" in email.text
     text = text.replace("via a friend", "via a friend\n\n    A second paragraph of commentary.")
     digest = load_digest(write_digest(text), settings)
     assert [str(w).split(": ", 1)[1] for w in digest.warnings] == [
@@ -280,21 +280,75 @@ def test_check_says_what_it_removed_and_where(write_digest, settings):
     assert len(warnings) == len(expected), warnings
 
 
-def test_links_an_email_cannot_follow_are_removed_with_a_warning(write_digest, settings, renderer):
-    text = GOOD.replace("Intro paragraph.", "Intro [relative](page.html), [ftp](ftp://files.example.org/x)\n"
-                        "and ![a chart](//cdn.example.org/chart.png) paragraph.")
+@pytest.mark.parametrize("written, message", [
+    ("[a page](page.html)", "the link 'page.html' leads nowhere in an email"),
+    ("[typo](htp://x.example.org)", "the link 'htp://x.example.org' leads nowhere in an email"),
+    ("[click](javascript:alert(1))", "the link 'javascript:alert(1)' leads nowhere in an email"),
+    ("<javascript:alert(1)>", "the link 'javascript:alert(1)' leads nowhere in an email"),
+    ("[files](ftp://files.example.org/x)", "the link 'ftp://files.example.org/x' leads nowhere"),
+    ("![a chart](chart.png)", "the image 'chart.png' cannot load in an email: its URL must start with https://"),
+    ("![a chart](//cdn.example.org/chart.png)", "the image '//cdn.example.org/chart.png' cannot load"),
+    ("![a chart](data:image/png;base64,iVBO)", "the image 'data:image/png;base64,iVBO' cannot load"),
+    ("![a chart](mailto:a@example.org)", "the image 'mailto:a@example.org' cannot load"),
+])
+def test_links_and_images_an_email_cannot_use_are_errors(write_digest, settings, written, message):
+    text = GOOD.replace("Body text citing a note.[^b]", f"Body text\nciting {written} a note.[^b]")
+    text = text.replace("Intro paragraph.", "Intro TK.")  # reported too: nothing hides the rest
+    path = write_digest(text)
+    with pytest.raises(DigestError) as excinfo:
+        load_digest(path, settings)
+    found = problems(excinfo)
+    assert len(found) == 2 and found[0] == f"{path}:11: leftover placeholder 'TK'", found
+    assert found[1].startswith(f"{path}:20: {message}") and "\n" not in found[1], found
+
+
+@pytest.mark.parametrize("written", [
+    "[web](https://x.example.org/a)", "[web](http://x.example.org)", "[mail](mailto:ana@example.org)",
+    "[up](#first-story)", "<https://x.example.org>", "![a chart](https://img.example.org/c.png)",
+    "![a chart](HTTP://img.example.org/c.png)",
+])
+def test_links_and_images_an_email_can_use(write_digest, settings, written):
+    digest = load_digest(write_digest(GOOD.replace("Body text citing", f"Body {written} citing")), settings)
+    assert digest.warnings == []
+
+
+def test_image_without_alt_text_is_a_warning(write_digest, settings):
+    path = write_digest(GOOD.replace("Body text citing a note.[^b]", "Body.[^b]\n\n![](https://i.example.org/c.png)"))
+    assert [str(w) for w in load_digest(path, settings).warnings] == [
+        f"{path}:21: the image 'https://i.example.org/c.png' has no alt text, which readers see when images "
+        "are blocked and screen readers read out"]
+
+
+def test_raw_html_links_an_email_cannot_follow_are_removed_with_a_warning(write_digest, settings, renderer):
+    text = GOOD.replace("Intro paragraph.", 'Intro <a href="page.html">relative</a>, <a href="ftp://f.example.org/x">'
+                        'ftp</a>\nand <img src="//cdn.example.org/chart.png" alt="a chart"> paragraph.')
     path = write_digest(text)
     digest = load_digest(path, settings)
     assert [str(w) for w in digest.warnings] == [
         f"{path}:11: removed <a> href 'page.html' (an email can only link to http, https and mailto URLs "
         "and to #anchors)",
-        f"{path}:11: removed <a> href 'ftp://files.example.org/x' (an email can only link to http, https "
+        f"{path}:11: removed <a> href 'ftp://f.example.org/x' (an email can only link to http, https "
         "and mailto URLs and to #anchors)",
         f"{path}:12: removed <img> src '//cdn.example.org/chart.png' (an email can only link to http, "
         "https and mailto URLs and to #anchors)"]
     page = renderer.render(digest).html
     assert "page.html" not in page and "ftp:" not in page and "cdn.example.org" not in page
     assert "relative</a>" in page and 'alt="a chart"' in page
+
+
+@pytest.mark.parametrize("cited, suggestion", [
+    ("[^bb]", "; did you mean [^b]?"),
+    ("[^quip3-sped]", "; did you mean [^quip3-speed]?"),
+    ("[^Quip3-Speed]", "; did you mean [^quip3-speed]?"),
+    ("[^unrelated-label]", ""),
+])
+def test_misspelt_footnote_label_suggests_the_closest(write_digest, settings, cited, suggestion):
+    text = GOOD.replace("Body text citing a note.[^b]", f"Body text citing a note.[^b]{cited}")
+    text += "\n[^quip3-speed]: [Speed](https://q.example.org)\n"
+    path = write_digest(text.replace("One paragraph.[^b]", "One paragraph.[^b][^quip3-speed]"))
+    with pytest.raises(DigestError) as excinfo:
+        load_digest(path, settings)
+    assert problems(excinfo) == [f"{path}:19: footnote [{cited[1:-1]}] is never defined{suggestion}"]
 
 
 def test_check_prints_the_removals(run, tmp_path):
@@ -629,3 +683,198 @@ def test_bidi_controls_in_the_title_are_a_warning(write_digest, settings, char):
     assert [str(w) for w in digest.warnings] == [
         f"{path}:2: 'title' contains the invisible bidirectional control U+{ord(char):04X}, which can make "
         "the subject read differently from what it is"]
+
+
+# -- source lines and TL;DR labels as writers from Substack, Ghost or a blog write them -----------
+
+SOURCE_LINE = "Source: example · published 2026-04-22"
+
+
+@pytest.mark.parametrize("written", [
+    "*Source: example · published 2026-04-22*",
+    "_Source: example · published 2026-04-22_",
+    "**Source:** example · published 2026-04-22",
+    "**Source: example · published 2026-04-22**",
+    "*Source:* example · published 2026-04-22",
+    "*Source*: example · published 2026-04-22",
+    "***Source: example · published 2026-04-22***",
+    "source : example · published 2026-04-22",
+])
+def test_source_line_spellings(write_digest, settings, renderer, written):
+    plain = load_digest(write_digest(GOOD, "plain.md"), settings)
+    digest = load_digest(write_digest(GOOD.replace(SOURCE_LINE, written)), settings)
+    story = digest.stories[0]
+    assert (story.source_html, story.source_text) == (plain.stories[0].source_html, "example · published 2026-04-22")
+    assert story.body_html == plain.stories[0].body_html and digest.warnings == []
+    html = renderer.render(digest).html
+    assert html == renderer.render(plain).html
+    assert html.count("example · published 2026-04-22") == 1 and "Source:" not in html.split('class="source"')[0]
+
+
+def test_round_up_source_line_spelled_with_emphasis(write_digest, settings):
+    digest = load_digest(write_digest(GOOD.replace("Source: arxiv", "**Source:** arxiv")), settings)
+    item = digest.stories[1].entries[0]
+    assert item.source_text == "arxiv" and "Source" not in item.body_html and digest.warnings == []
+
+
+@pytest.mark.parametrize("label", ["**TL;DR**", "TL;DR", "TL;DR:", "### TL;DR", "*TL;DR:*", "__TLDR__"])
+def test_tldr_label_spellings(write_digest, settings, renderer, label):
+    plain = load_digest(write_digest(GOOD, "plain.md"), settings)
+    text = GOOD.replace("- Story bullet.[^a]", f"{label}\n\n- Story bullet.[^a]")
+    digest = load_digest(write_digest(text), settings)
+    story = digest.stories[0]
+    assert story.tldr_html == plain.stories[0].tldr_html == ["Story bullet.\x02a\x03"]
+    assert story.body_html == plain.stories[0].body_html and digest.warnings == []
+    html = renderer.render(digest).html
+    assert html == renderer.render(plain).html
+    tree = lxml_html.fromstring(html)
+    assert len(tree.xpath("//*[@class='tldr']")) == 2  # the opening's and the story's, no more
+    assert tree.text_content().count("TL;DR") == 2 and "TLDR" not in tree.text_content()
+
+
+def test_emphasised_source_and_tldr_label_together(write_digest, settings, renderer):
+    plain = load_digest(write_digest(GOOD, "plain.md"), settings)
+    text = GOOD.replace(SOURCE_LINE, f"*{SOURCE_LINE}*").replace("- Story bullet.[^a]",
+                                                                "**TL;DR**\n- Story bullet.[^a]")
+    digest = load_digest(write_digest(text), settings)
+    assert renderer.render(digest).html == renderer.render(plain).html
+
+
+@pytest.mark.parametrize("change, needle, message", [
+    (lambda t: t.replace("Body text citing a note.[^b]", "Body text citing a note.[^b]\n\n*Source: elsewhere*"),
+     "*Source: elsewhere*", "this looks like a source line but is shown as body text"),
+    (lambda t: t.replace("- Story bullet.[^a]\n", "- Story bullet.[^a]\n\n**Source:** late"),
+     "**Source:** late", "this looks like a source line but is shown as body text"),
+    (lambda t: t.replace("One paragraph.[^b]", "One paragraph.[^b]\n\n_Source: arxiv_"),
+     "_Source: arxiv_", "this looks like a source line but is shown as body text"),
+    (lambda t: t.replace("Body text citing a note.[^b]", "**TL;DR**\n\nBody text citing a note.[^b]"),
+     "**TL;DR**", "this 'TL;DR' label is shown as body text: a story's TL;DR is the bullet list"),
+    (lambda t: t.replace("- Story bullet.[^a]", "### TL;DR\n\nNo bullets.[^a]"),
+     "### TL;DR", "this 'TL;DR' label is shown as body text"),
+    (lambda t: t.replace("Intro paragraph.", "TL;DR:\n\n- An intro bullet."),
+     "TL;DR:", "this 'TL;DR' label is shown as body text: the TL;DR box at the top is the 'tldr' list"),
+    (lambda t: t.replace("Intro paragraph.", "Source: somewhere"),
+     "Source: somewhere", "this looks like a source line but is shown as body text"),
+])
+def test_misplaced_source_line_or_tldr_label_is_a_warning(write_digest, settings, change, needle, message):
+    text = change(GOOD)
+    path = write_digest(text)
+    warnings = [str(w) for w in load_digest(path, settings).warnings]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{path}:{line_of(text, needle)}: {message}"), warnings
+
+
+def test_body_text_that_only_mentions_sources_is_no_warning(write_digest, settings):
+    text = GOOD.replace("Body text citing a note.[^b]", "Body text citing a note.[^b] Source: the filing.\n\n"
+                        "Sources say the TL;DR is wrong.\n\n*Sourced* from *TL;DR* readers.")
+    assert load_digest(write_digest(text), settings).warnings == []
+
+
+# -- front matter values YAML would convert: an error with a line, or the text as written ---------
+
+@pytest.mark.parametrize("written, message", [
+    ("date: 2026-02-30", "'date' 2026-02-30 is not a day of the calendar"),
+    ("date: '2026-13-01'", "'date' 2026-13-01 is not a day of the calendar"),
+    ("date: 2026-02-30 10:00:00", "'date' 2026-02-30 10:00:00 is not a day of the calendar"),
+    ("date: !!timestamp 2026-02-30", "invalid front matter: cannot read 2026-02-30 as timestamp"),
+    ("date: yes", "'date' must be a date like 2026-04-22, got 'yes'"),
+    ("date: 20260422", "'date' must be a date like 2026-04-22, got '20260422'"),
+    ("date: [2026-04-22]", "'date' must be a date like 2026-04-22, got ['2026-04-22']"),
+    ("author: [Ana, Ben]", "'author' must be text, got a list"),
+    ("author: {name: Ana}", "'author' must be text, got key: value pairs"),
+    ("author: !!int 99999999999999999999", "'author' must be text, got int"),
+    ("author: !!float .nan", "'author' must be text, got float"),
+    ("author: !!int twelve", "invalid front matter: cannot read twelve as int"),
+    ("author: !!binary aGVsbG8=", "'author' must be text, got bytes"),
+    ("~: Ana", "a front matter key must be a name such as 'title'"),
+    ("author:\n  - !!timestamp 2026-02-30", "invalid front matter: cannot read 2026-02-30 as timestamp"),
+])
+def test_front_matter_values_yaml_converts_are_errors_with_their_line(write_digest, settings, written, message):
+    text = GOOD.replace("date: 2026-04-22\n", "").replace("author: Ana", written)
+    text = text.replace("Intro paragraph.", "Intro TK.")
+    path = write_digest(text)
+    with pytest.raises(DigestError) as excinfo:
+        load_digest(path, settings)
+    found = problems(excinfo)
+    extra = written.count("\n")
+    assert any(p.startswith(f"{path}:{4 + extra}: {message}") for p in found), found
+    assert f"{path}:{10 + extra}: leftover placeholder 'TK'" in found  # the other problems are still reported
+
+
+@pytest.mark.parametrize("written, title", [
+    ("yes", "yes"), ("No", "No"), ("on", "on"), ("2026-01-01", "2026-01-01"), (".nan", ".nan"),
+    ("1e3", "1e3"), ("0x1F", "0x1F"), ("123456789012345678901234567890", "123456789012345678901234567890"),
+    ("12:30", "12:30"), ("1.50", "1.50"), ("2026-04-22 10:30:00", "2026-04-22 10:30:00"), ("'null'", "null"),
+])
+def test_plain_front_matter_values_are_the_text_written(write_digest, settings, written, title):
+    text = GOOD.replace("title: A small issue", f"title: {written}").replace("author: Ana", f"author: {written}")
+    digest = load_digest(write_digest(text.replace("  - First point.[^a]", f"  - {written}\n  - First point.[^a]")),
+                         settings)
+    assert (digest.title, digest.author, digest.opening.tldr_text[0]) == (title, title, title)
+
+
+@pytest.mark.parametrize("written, date", [
+    ("2026-04-22", dt.date(2026, 4, 22)), ("'2026-04-22'", dt.date(2026, 4, 22)),
+    ("2026-04-22 10:30:00", dt.date(2026, 4, 22)), ("2026-04-22T23:30:00+02:00", dt.date(2026, 4, 22)),
+    ("2024-02-29", dt.date(2024, 2, 29)), ("", None), ("null", None),
+])
+def test_dates_as_writers_write_them(write_digest, settings, written, date):
+    assert load_digest(write_digest(GOOD.replace("date: 2026-04-22", f"date: {written}")), settings).date == date
+
+
+@pytest.mark.parametrize("written, message", [
+    ("title: [Two, titles]", "'title' must be text, got a list"),
+    ("title:\n  text: A small issue", "'title' must be text, got key: value pairs"),
+])
+def test_a_title_that_is_not_text_is_one_error(write_digest, settings, written, message):
+    path = write_digest(GOOD.replace("title: A small issue", written))
+    with pytest.raises(DigestError) as excinfo:
+        load_digest(path, settings)
+    assert problems(excinfo) == [f"{path}:2: {message}"]
+
+
+@pytest.mark.parametrize("written", ["title:", "title: null", "title: ~", "title: ''"])
+def test_an_empty_title_is_a_missing_title(write_digest, settings, written):
+    path = write_digest(GOOD.replace("title: A small issue", written))
+    with pytest.raises(DigestError) as excinfo:
+        load_digest(path, settings)
+    assert problems(excinfo) == [f"{path}:2: front matter has no 'title'"]
+
+
+def test_empty_optional_values_are_their_defaults(write_digest, settings):
+    text = GOOD.replace("author: Ana", "author:\nfootnotes:\nstatus: ~\npreheader: null")
+    text = text.replace("  - First point.[^a]\n", "").replace("subtitle: The dek.", "subtitle:")
+    digest = load_digest(write_digest(text), settings)
+    assert (digest.author, digest.footnote_mode, digest.status, digest.preheader, digest.subtitle) == \
+        ("", "inline", "draft", "", "")
+    assert digest.opening.tldr_html == []
+
+
+def test_check_reports_an_impossible_date_with_the_other_problems(run, tmp_path):
+    digest = tmp_path / "dated.md"
+    digest.write_text(GOOD.lstrip().replace("date: 2026-04-22", "date: 2026-02-30")
+                      .replace("Intro paragraph.", "Intro TK.").replace("title: A small issue", "title: yes"))
+    result = run("check", digest)
+    assert result.code == 1, result.err
+    assert f"error: {digest}:4: 'date' 2026-02-30 is not a day of the calendar" in result.err
+    assert f"error: {digest}:11: leftover placeholder 'TK'" in result.err
+    assert "Traceback" not in result.err and "unexpected" not in result.err
+
+
+# -- placeholders: TK as a word of its own ---------------------------------------------------------
+
+@pytest.mark.parametrize("written, word", [
+    ("TK", "TK"), ("TK.", "TK"), ("(TK)", "TK"), ("TK,", "TK"), ("[TK]", "TK"), ("TK: the figure", "TK"),
+    ("— TK —", "TK"), ("“TK”", "TK"), ("TK/TODO", "TK"), ("TODO", "TODO"), ("TODO:", "TODO"),
+])
+def test_placeholder_words_are_errors(write_digest, settings, written, word):
+    path = write_digest(GOOD.replace("Intro paragraph.", f"Intro {written} paragraph."))
+    with pytest.raises(DigestError) as excinfo:
+        load_digest(path, settings)
+    assert problems(excinfo) == [f"{path}:11: leftover placeholder '{word}'"]
+
+
+@pytest.mark.parametrize("written", ["TK-Instruct", "TKO", "sTK", "TK.js", "MTK", "TK2", "TK_small", "GPT-TK",
+                                     "TODOist", "TODO-list"])
+def test_names_containing_tk_are_not_placeholders(write_digest, settings, written):
+    digest = load_digest(write_digest(GOOD.replace("Intro paragraph.", f"Intro {written} paragraph.")), settings)
+    assert written in digest.opening.body_html

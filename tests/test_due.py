@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
+import yaml
 
 from newsletter.due import find_due
 from newsletter.ledger import Ledger, RunStatus
@@ -86,3 +88,24 @@ def test_status_is_checked_like_any_front_matter_value(write_digest, settings, r
     bad = write_digest("---\ntitle: T\nstatus: yes\n---\n## A story\nText.\n", name="bad.md")
     with pytest.raises(DigestError, match=r"bad.md:3: 'status' must be draft or ready"):
         load_digest(bad, settings)
+
+
+def test_a_due_digest_reads_its_file_and_front_matter_once(folder, subs, monkeypatch):
+    digests, settings = folder
+    issue(digests, "a-ready", status="ready", date="2026-11-23")
+    issue(digests, "b-draft", status="draft", date="2026-11-23")
+    loaders, reads = [], []
+    make_loader, read_text = yaml.CSafeLoader.__init__, Path.read_text
+
+    def counted_loader(self, stream):
+        loaders.append(stream)
+        make_loader(self, stream)
+
+    def counted_read(self, *args, **kwargs):
+        reads.append(self.name)
+        return read_text(self, *args, **kwargs)
+    monkeypatch.setattr(yaml.CSafeLoader, "__init__", counted_loader)
+    monkeypatch.setattr(Path, "read_text", counted_read)
+    found = find_due(settings, Ledger(subs.engine), TODAY)
+    assert [d.slug for d in found.due] == ["a-ready"]
+    assert len(loaders) == 2 and sorted(reads) == ["a-ready.md", "b-draft.md"]  # once per file

@@ -4,7 +4,7 @@ import pytest
 import resend
 from resend.exceptions import ResendError
 
-from newsletter.errors import QuotaExceeded, RateLimited, Rejected
+from newsletter.errors import QuotaExceeded, RateLimited, Rejected, Unavailable
 from newsletter.providers import Message
 from newsletter.providers.resend import ResendProvider
 
@@ -57,3 +57,29 @@ def test_rate_limit_and_quota_answers(sdk):
     sdk.state.api_key = "re_other"
     with pytest.raises(Rejected, match="invalid_api_key"):
         provider.send([message], "c")
+
+
+def test_a_refused_connection_is_reported_as_one_naming_the_server(fake_resend):
+    """The real SDK against a closed port: not "HttpClientError, HTTP 500" as if Resend had
+    answered, but what happened and where, with no key in it."""
+    provider = ResendProvider("re_secret_key_123", api_url=fake_resend.url + "/")
+    message = Message(key="k", to="ana@example.com", sender="News <news@n.example>", subject="s", html="h",
+                      text="t")
+    fake_resend.refuse()
+    with pytest.raises(Unavailable) as excinfo:
+        provider.send([message], "a")
+    assert str(excinfo.value) == f"cannot reach Resend at {fake_resend.url}: connection refused"
+    assert "re_secret_key_123" not in str(excinfo.value)
+    fake_resend.accept()  # Resend answers again, and refuses the key: that is what is reported now
+    with pytest.raises(Rejected, match="invalid_api_key"):
+        provider.send([message], "b")
+
+
+def test_an_answer_too_slow_is_reported_as_one(fake_resend):
+    provider = ResendProvider(fake_resend.state.api_key, api_url=fake_resend.url, timeout=0.2)
+    message = Message(key="k", to="ana@example.com", sender="News <news@n.example>", subject="s", html="h",
+                      text="t")
+    fake_resend.switches.delay, fake_resend.switches.delay_next = 1.0, 1
+    with pytest.raises(Unavailable) as excinfo:
+        provider.send([message], "a")
+    assert str(excinfo.value) == f"Resend at {fake_resend.url} did not answer within 0.2 s"

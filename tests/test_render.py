@@ -1,6 +1,7 @@
 """The example digest's email: footnotes, variants, plain text, size, and what a client needs."""
 
 import re
+import textwrap
 
 import html5lib
 import pytest
@@ -20,13 +21,21 @@ def expected_notes(source: str, categories):
     definitions = dict(re.findall(r"^\[\^([^\]]+)\]: \[[^\]]*\]\(([^)]+)\)", body, re.M))
     body = re.sub(r"^\[\^[^\]]+\]:.*(\n    .*)*", "", body, flags=re.M)
     sections = re.split(r"^## ", body, flags=re.M)
-    order = re.findall(r"\[\^([^\]]+)\]", front)
+    kept, dropped = [], set()
     for section in sections:
         found = re.search(r"<!-- categories: (.*?) -->", section)
         cats = {c.strip() for c in found.group(1).split(",")} if found else None
+        labels = re.findall(r"\[\^([^\]]+)\]", section)
         if categories is None or cats is None or cats & set(categories):
-            order += re.findall(r"\[\^([^\]]+)\]", section)
-    return [definitions[label] for label in dict.fromkeys(order)]
+            kept += labels
+        else:
+            dropped |= set(labels)
+    order = []
+    for line in re.findall(r'^  - "(.*)"$', front, re.M):  # a TL;DR line goes with the stories it cites
+        labels = re.findall(r"\[\^([^\]]+)\]", line)
+        if not labels or any(label in kept or label not in dropped for label in labels):
+            order += labels
+    return [definitions[label] for label in dict.fromkeys(order + kept)]
 
 
 def graph(page: str):
@@ -321,6 +330,75 @@ def test_story_headings_carry_name_and_id(renderer, example, categories):
     for section in headed:
         target = tree.xpath(f"//h2/a[@name='{section.anchor}'][@id='{section.anchor}']")
         assert len(target) == 1, f"{section.anchor}: Gmail and Outlook jump only to <a name>"
+
+
+# -- the plain-text part's layout -----------------------------------------------------------------
+
+def reader_links(issue: str) -> dict[str, str]:
+    """Links as long as a real reader's (a 43-character token), to fill a rendered variant."""
+    token = "t" * 43
+    return {"unsubscribe_url": f"https://newsletter.example.com/u/{token}",
+            "preferences_url": f"https://newsletter.example.com/p/{token}",
+            "browser_url": f"https://newsletter.example.com/issues/{issue}"}
+
+
+@pytest.mark.parametrize("categories", VARIANTS)
+def test_plain_text_lines_fit_78_columns(renderer, example, categories):
+    text = personalize(renderer.render(example, categories).text, reader_links(example.slug))
+    too_long = [line for line in text.splitlines() if len(line) > 78 and len(line.split()) > 1]
+    assert too_long == [], "only a single unbreakable word (a URL) may pass 78 columns"
+    assert max(len(line) for line in text.splitlines()) > 70, "lines are filled, not cut short"
+
+
+LONG_LABELS = (
+    "Sparse attention has been promising long contexts for years, and this retrofit finally delivers "
+    "on modest hardware according to the authors[^a-very-long-footnote-label-for-the-rcla-paper] while "
+    "the benchmark numbers hold up under independent replication by a second lab"
+    "[^another-remarkably-long-label-naming-the-replication-study] and the code is public.")
+
+
+def test_references_with_long_labels_wrap_as_their_numbers(write_digest, settings, renderer):
+    source = f"""---
+title: Long labels
+---
+
+## A story
+
+{LONG_LABELS}
+
+[^a-very-long-footnote-label-for-the-rcla-paper]: [RCLA](https://arxiv.org/abs/2604.10452)
+[^another-remarkably-long-label-naming-the-replication-study]: [Replication](https://example.org/r)
+"""
+    text = renderer.render(load_digest(write_digest(source), settings)).text
+    numbered = re.sub(r"\[\^a-very[^\]]*\]", "[1]", re.sub(r"\[\^another[^\]]*\]", "[2]", LONG_LABELS))
+    expected = textwrap.fill(numbered, 78, break_long_words=False, break_on_hyphens=False)
+    assert expected in text
+
+
+def test_notes_are_apart_and_show_their_source_once(renderer, example):
+    text = renderer.render(example).text
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if re.match(r"\[\d+\] ", line)]
+    assert len(starts) == len(example.footnotes)
+    assert all(lines[i - 1] == "" for i in starts), "a blank line before every note"
+    for i in starts:
+        assert lines[i + 1].startswith("    http"), "the URL follows the source title"
+        domain = re.sub(r"https?://(www\.)?", "", lines[i + 1].strip()).split("/")[0]
+        assert domain not in lines[i], "the domain is in the URL; the title line does not repeat it"
+    assert "[12] General-Purpose AI Code of Practice: open release provisions\n" \
+           "    https://digital-strategy.ec.europa.eu/" in text
+
+
+def test_hyphenated_words_are_never_split(write_digest, settings, renderer, example):
+    words = ["state-of-the-art", "mixture-of-experts", "long-context", "off-the-shelf", "well-known"]
+    paragraph = " ".join(f"An {w} claim, and then some more words to push the line along." for w in words * 4)
+    source = f"---\ntitle: Hyphens\ntldr:\n  - \"{paragraph}\"\n---\n\n{paragraph}\n"
+    for text in (renderer.render(load_digest(write_digest(source), settings)).text,
+                 renderer.render(example).text):
+        assert not [line for line in text.splitlines() if re.search(r"\w-$", line)], \
+            "no line ends inside a hyphenated word"
+    text = renderer.render(load_digest(write_digest(source), settings)).text
+    assert text.count("mixture-of-experts") == 8
 
 
 # -- spam filters: SpamAssassin's local rules on a message as the outbox writes it ----------------

@@ -104,6 +104,12 @@ def test_after_the_last_retry_the_run_stays_paused_until_someone_resumes_it(rese
     shown = run_cli("runs", str(run.id))
     assert shown.code == 0 and f"paused until someone resumes it: `newsletter resume {run.id}`" in shown.out
 
+    monkeypatch.delenv("RESEND_API_KEY")
+    refused = run_cli("resume", str(run.id))  # no --yes: the question would come first
+    assert refused.code == 1 and refused.err.startswith("error: ") and "RESEND_API_KEY" in refused.err
+    assert len(refused.err.splitlines()) == 1 and "Resume run" not in refused.out
+    monkeypatch.setenv("RESEND_API_KEY", fake_resend.state.api_key)
+
     resumed = run_cli("resume", str(run.id), "--yes")  # the quota is still there: it pauses again
     assert resumed.code != 0 and "quota" in resumed.err, resumed.err
     again = ledger.run(run.id)

@@ -50,16 +50,32 @@ class Provider(Protocol):
     def close(self) -> None: ...
 
 
+def check_provider(settings: Settings, env=os.environ) -> None:
+    """Refuse settings the provider cannot send with (a missing key, half the SMTP login), so
+    that `send --dry-run` says so, and a real send says so before it asks or opens a run."""
+    name = settings.provider or "outbox"
+    if name == "resend" and not env.get("RESEND_API_KEY"):
+        raise ConfigError("provider is resend but $RESEND_API_KEY is not set", key="provider")
+    if name == "smtp":
+        if not (settings.smtp_host or "").strip():
+            raise ConfigError("provider is smtp but smtp_host is empty", key="smtp_host")
+        password = env.get("NEWSLETTER_SMTP_PASSWORD")
+        if settings.smtp_username and not password:
+            raise ConfigError("smtp_username is set but $NEWSLETTER_SMTP_PASSWORD "
+                              "is not set", key="smtp_username")
+        if password and not settings.smtp_username:
+            raise ConfigError("$NEWSLETTER_SMTP_PASSWORD is set but smtp_username is not: "
+                              "the password would never be used", key="smtp_username")
+
+
 def make_provider(settings: Settings, env=os.environ) -> Provider:
     """The provider the settings name; the outbox when none is configured."""
+    check_provider(settings, env)
     name = settings.provider or "outbox"
     if name == "resend":
         from .resend import ResendProvider
 
-        key = env.get("RESEND_API_KEY", "")
-        if not key:
-            raise ConfigError("provider is resend but $RESEND_API_KEY is not set", key="provider")
-        return ResendProvider(key, timeout=settings.request_timeout,
+        return ResendProvider(env["RESEND_API_KEY"], timeout=settings.request_timeout,
                               api_url=env.get("RESEND_API_URL") or None)
     if name == "smtp":
         from .smtp import SmtpProvider

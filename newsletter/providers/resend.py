@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
+from urllib.parse import urlsplit
 
 import requests
 import resend
@@ -44,7 +46,8 @@ class ResendProvider:
             response = resend.Batch.send(params, {"idempotency_key": idempotency_key,
                                                   "batch_validation": "permissive"})
         except ResendError as e:
-            raise _translate(e) from None
+            unreachable = self.client.last_failure()
+            raise (Unavailable(unreachable) if unreachable else _translate(e)) from None
         errors = {int(e["index"]): e.get("message", "rejected") for e in response.get("errors") or []}
         created = iter(response.get("data") or [])
         outcomes = []
@@ -67,7 +70,7 @@ class SessionClient(HTTPClient):
 
     def __init__(self, timeout: float):
         self.timeout = timeout
-        self.local = threading.local()
+        self.local = threading.local()  # .session, and .failure: why the last request got no answer
 
     def _session(self) -> requests.Session:
         if getattr(self.local, "session", None) is None:
@@ -80,18 +83,59 @@ class SessionClient(HTTPClient):
         if json is not None:
             body = _dumps(json)
             headers["Content-Type"] = "application/json"
+        self.local.failure = None
         try:
             response = self._session().request(method, url, headers=headers, data=body if body is not None else data,
                                                files=files, timeout=self.timeout)
         except requests.RequestException as e:
             self.local.session = None  # start the next request on a fresh connection
-            raise RuntimeError(f"Request failed: {e}") from e  # the SDK makes it an HttpClientError
+            # The SDK turns any exception into "HttpClientError, HTTP 500", as if Resend had
+            # answered: keep what really happened for ResendProvider.send to report.
+            self.local.failure = _unreachable(e, url, self.timeout)
+            raise RuntimeError(self.local.failure) from e
         return response.content, response.status_code, response.headers
+
+    def last_failure(self) -> str | None:
+        """Why this thread's last request got no answer from Resend, or None if it got one."""
+        return getattr(self.local, "failure", None)
 
     def close(self) -> None:
         session = getattr(self.local, "session", None)
         if session is not None:
             session.close()
+
+
+def _unreachable(error: requests.RequestException, url: str, timeout: float) -> str:
+    """A request that got no answer, in words, naming the server (scheme, host and port only)."""
+    parts = urlsplit(url)
+    where = f"Resend at {parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+    causes = _causes(error)
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return f"cannot reach {where}: connection refused"
+    if any(isinstance(c, socket.gaierror) for c in causes):
+        return f"cannot reach {where}: the host name does not resolve"
+    if isinstance(error, requests.ConnectTimeout):
+        return f"cannot reach {where}: no connection within {timeout:g} s"
+    if isinstance(error, requests.Timeout):
+        return f"{where} did not answer within {timeout:g} s"
+    if isinstance(error, requests.ConnectionError):
+        reason = next((c for c in reversed(causes) if isinstance(c, OSError) and c.strerror), None)
+        return f"cannot reach {where}: " + (reason.strerror.lower() if reason else "the connection failed")
+    return f"request to {where} failed ({type(error).__name__})"
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """`error` and what lies under it: requests wraps urllib3, which wraps the socket's error."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [error]
+    while todo and len(seen) < 20:
+        e = todo.pop()
+        if e in seen:
+            continue
+        seen.append(e)
+        todo += [c for c in (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
+                 if isinstance(c, BaseException)]
+    return seen
 
 
 def _params(message: Message) -> dict:
