@@ -16,11 +16,11 @@ from typing import Iterable
 import jinja2
 import mjml
 from markupsafe import Markup
-from premailer import Premailer
 
 from .config import Settings
 from .digest import LINK_STYLE, REF_RE, Digest, Footnote, Section
 from .errors import RenderError
+from .inliner import Inliner
 from .links import Links
 
 DOCTYPE = "<!doctype html>"
@@ -193,13 +193,8 @@ class Renderer:
         return html.replace("<style", '<style data-premailer="ignore"')
 
     def inline(self, html: str) -> str:
-        inlined = _Inliner(
-            html, css_text=self.css, allow_network=False, keep_style_tags=False,
-            strip_important=False, remove_classes=False, disable_validation=True,
-            cssutils_logging_level=logging.CRITICAL, cache_css_parsing=True,
-        ).transform(pretty_print=False)
+        inlined = Inliner.for_css(self.css).inline(html)
         return f"{DOCTYPE}\n{inlined}" if not inlined.lstrip().lower().startswith("<!doctype") else inlined
-
 
 def check_whole(compiled: str, inlined: str, text: str) -> None:
     """Refuse an email the inliner cut short, or one without an unsubscribe link.
@@ -218,24 +213,6 @@ def check_whole(compiled: str, inlined: str, text: str) -> None:
     for part, name in ((inlined, "HTML"), (text, "plain-text")):
         if PLACEHOLDERS["unsubscribe_url"] not in part:
             raise RenderError(f"the {name} part has no unsubscribe link ({{{{ links.unsubscribe_url }}}})")
-
-
-class _Inliner(Premailer):
-    """premailer, with the parsed rules of our one stylesheet kept between emails.
-
-    premailer caches cssutils' parse of a stylesheet but turns it into rules again for every
-    email: about half of its time for a 60 KB email. The result depends only on the CSS text
-    and the options, which are the same for every email a Renderer makes.
-    """
-
-    _rules: dict[tuple, tuple] = {}
-
-    def _parse_style_rules(self, css_body, ruleset_index):
-        key = (css_body, ruleset_index, self.strip_important, self.disable_validation)
-        if key not in self._rules:
-            self._rules[key] = super()._parse_style_rules(css_body, ruleset_index)
-        rules, leftover = self._rules[key]
-        return list(rules), list(leftover)
 
 
 class Personal:

@@ -1,0 +1,183 @@
+"""The CSS of inline.css moved into style attributes: premailer's result, most of its work done once.
+
+premailer, for every email, turns the stylesheet into rules, runs each rule's selector over the
+whole document, merges each styled element's declarations through cssutils, and parses the
+style of every image with cssutils to look for a float. All of that but the matching depends only
+on the CSS text and on a few strings that repeat from email to email, so an `Inliner` keeps it:
+
+- the rules, sorted, each with its declarations already split into pairs;
+- the matching in one walk over the document for selectors that are a tag and/or classes (most
+  of ours), with cssselect's XPath only for the rest (descendant selectors);
+- the merged style and the HTML attributes it implies, per (style already there, rules matched);
+- the float of each distinct image style.
+
+The output is premailer's, byte for byte, for the options `Inliner` passes it (see `OPTIONS`):
+tests/test_inliner.py compares the two. A document with a <style> block that is not marked
+`data-premailer="ignore"` (render.compile marks MJML's own) goes through premailer itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import cssutils
+from lxml import etree
+from lxml.cssselect import CSSSelector
+from premailer import Premailer
+from premailer.merge_style import csstext_to_pairs, merge_styles
+from premailer.premailer import FILTER_PSEUDOSELECTORS, get_or_create_head
+
+OPTIONS: dict[str, Any] = dict(
+    allow_network=False, keep_style_tags=False, strip_important=False, remove_classes=False,
+    disable_validation=True, cssutils_logging_level=logging.CRITICAL, cache_css_parsing=True,
+)
+# `tag`, `.class`, `tag.class.other`: matched from the one walk's index, no XPath needed.
+SIMPLE_SELECTOR_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)?((?:\.[a-zA-Z_][a-zA-Z0-9_-]*)*)")
+XPATH_SPACE_RE = re.compile("[ \t\r\n]+")  # what XPath's normalize-space() takes for a space
+STYLE = CSSSelector("style")
+MAX_CACHED = 4096  # merged styles and image floats; a few hundred in practice
+
+
+class _Premailer(Premailer):
+    """premailer, with the parsed rules of a stylesheet kept between emails (they depend only on
+    the CSS text and the options): the fallback, and where `Inliner` gets its rules."""
+
+    _rules: dict[tuple, tuple] = {}
+
+    def _parse_style_rules(self, css_body, ruleset_index):
+        key = (css_body, ruleset_index, self.strip_important, self.disable_validation)
+        if key not in self._rules:
+            self._rules[key] = super()._parse_style_rules(css_body, ruleset_index)
+        rules, leftover = self._rules[key]
+        return list(rules), list(leftover)
+
+
+class _Rule:
+    """One selector of the stylesheet, its declarations as pairs, and how to find its elements."""
+
+    def __init__(self, selector: str, bulk: str, validate: bool):
+        # As premailer.transform: `a:hover` keeps its pseudo-class apart, `li:first-child` is a filter.
+        pseudo = ""
+        if ":" in selector:
+            plain, pseudo = selector.split(":", 1)
+            pseudo = f":{pseudo}"
+            if pseudo in FILTER_PSEUDOSELECTORS or pseudo.startswith(":nth-child"):
+                pseudo = ""
+            else:
+                selector = plain
+        self.pseudo = pseudo
+        self.pairs = csstext_to_pairs(bulk, validate=validate)
+        simple = SIMPLE_SELECTOR_RE.fullmatch(selector)
+        if simple and selector:
+            self.tag = simple.group(1)
+            self.classes = frozenset(simple.group(2).split(".")[1:])
+            self.xpath = None
+        else:
+            self.tag, self.classes, self.xpath = None, frozenset(), CSSSelector(selector)
+
+    def matches(self, page, tags: dict[str, list], classes: dict[Any, frozenset]) -> list:
+        if self.xpath is not None:
+            return self.xpath(page)
+        if self.tag:
+            found = tags.get(self.tag, [])
+        else:
+            first = next(iter(self.classes))
+            found = tags.get(f".{first}", [])
+        return [e for e in found if self.classes <= classes[e]] if self.classes else found
+
+
+class Inliner:
+    """Inlines one stylesheet into many emails; keep one per CSS text (`for_css`)."""
+
+    _made: dict[str, Inliner] = {}
+
+    @classmethod
+    def for_css(cls, css: str) -> Inliner:
+        if css not in cls._made:
+            cls._made[css] = cls(css)
+        return cls._made[css]
+
+    def __init__(self, css: str):
+        self.css = css
+        self.premailer = _Premailer(css_text=css, **OPTIONS)
+        rules, self.leftover = self.premailer._parse_style_rules(css, 0)
+        rules.sort(key=lambda rule: rule[0])
+        validate = not self.premailer.disable_validation
+        self.rules = [_Rule(selector, bulk, validate) for _, selector, bulk in rules]
+        self.merged: dict[tuple, tuple[str, list[tuple[str, str]]]] = {}
+        self.floats: dict[str, str] = {}
+
+    def inline(self, html: str) -> str:
+        """The HTML with the stylesheet moved into style attributes, as premailer would make it."""
+        stripped = html.strip()
+        tree = etree.fromstring(stripped, etree.HTMLParser()).getroottree()
+        page = tree.getroot()
+        # lxml adds a doctype; premailer keeps it only where the original starts with it exactly.
+        root = tree if stripped.startswith(tree.docinfo.doctype) else page
+        head = get_or_create_head(tree)
+        for element in STYLE(page):
+            media = element.attrib.get("media")
+            if media and media not in ("all", "screen"):
+                continue
+            if element.attrib.get(Premailer.attribute_name) != "ignore":
+                return self.premailer.transform(html, pretty_print=False)
+            del element.attrib[Premailer.attribute_name]
+        if self.leftover:
+            style = etree.Element("style")
+            style.attrib["type"] = "text/css"
+            style.text = self.premailer._css_rules_to_string(self.leftover)
+            head.append(style)
+        self._apply(self._match(page))
+        self._align_floating_images(page)
+        return etree.tostring(root, method="html", pretty_print=False, encoding="utf-8").decode("utf-8")
+
+    def _match(self, page) -> dict[Any, list[int]]:
+        """Each styled element with the numbers of its rules, in the order they apply."""
+        tags: dict[str, list] = {}  # tag name or .class -> elements in document order
+        classes: dict[Any, frozenset] = {}
+        for element in page.iter(etree.Element):
+            tags.setdefault(element.tag, []).append(element)
+            value = element.get("class")
+            names = frozenset(XPATH_SPACE_RE.split(value.strip(" \t\r\n"))) if value else frozenset()
+            classes[element] = names
+            for name in names:
+                tags.setdefault(f".{name}", []).append(element)
+        styled: dict[Any, list[int]] = {}
+        for number, rule in enumerate(self.rules):
+            for element in rule.matches(page, tags, classes):
+                styled.setdefault(element, []).append(number)
+        return styled
+
+    def _apply(self, styled: dict[Any, list[int]]) -> None:
+        for element, numbers in styled.items():
+            key = (element.attrib.get("style", ""), tuple(numbers))
+            if key not in self.merged:
+                if len(self.merged) > MAX_CACHED:
+                    self.merged.clear()
+                self.merged[key] = self._merge(*key)
+            final, attributes = self.merged[key]
+            if final:
+                element.attrib["style"] = final
+            for name, value in attributes:
+                element.attrib[name] = value
+
+    def _merge(self, style: str, numbers: tuple[int, ...]) -> tuple[str, list[tuple[str, str]]]:
+        rules = [self.rules[n] for n in numbers]
+        final = merge_styles(style, [r.pairs for r in rules], [r.pseudo for r in rules],
+                             remove_unset_properties=self.premailer.remove_unset_properties)
+        scratch = etree.Element("scratch")  # what premailer sets from the style: align, bgcolor, ...
+        self.premailer._style_to_basic_html_attributes(scratch, final, force=True)
+        return final, list(scratch.attrib.items())
+
+    def _align_floating_images(self, page) -> None:
+        # Outlook understands align=, not float: premailer reads each image's style with cssutils.
+        for image in page.xpath("//img[@style]"):
+            style = image.attrib["style"]
+            if style not in self.floats:
+                if len(self.floats) > MAX_CACHED:
+                    self.floats.clear()
+                self.floats[style] = cssutils.parseStyle(style).float
+            if self.floats[style] in ("right", "left"):
+                image.attrib["align"] = self.floats[style]
