@@ -37,6 +37,8 @@ OPTIONS: dict[str, Any] = dict(
 SIMPLE_SELECTOR_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)?((?:\.[a-zA-Z_][a-zA-Z0-9_-]*)*)")
 XPATH_SPACE_RE = re.compile("[ \t\r\n]+")  # what XPath's normalize-space() takes for a space
 STYLE = CSSSelector("style")
+WITH_CLASS = etree.XPath("descendant-or-self::*[@class]")
+NO_CLASS: frozenset = frozenset()
 MAX_CACHED = 4096  # merged styles and image floats; a few hundred in practice
 
 
@@ -85,7 +87,7 @@ class _Rule:
         else:
             first = next(iter(self.classes))
             found = tags.get(f".{first}", [])
-        return [e for e in found if self.classes <= classes[e]] if self.classes else found
+        return [e for e in found if self.classes <= classes.get(e, NO_CLASS)] if self.classes else found
 
 
 class Inliner:
@@ -106,6 +108,7 @@ class Inliner:
         rules.sort(key=lambda rule: rule[0])
         validate = not self.premailer.disable_validation
         self.rules = [_Rule(selector, bulk, validate) for _, selector, bulk in rules]
+        self.tags = sorted({rule.tag for rule in self.rules if rule.tag}) or ["-"]  # "-": no element
         self.merged: dict[tuple, tuple[str, list[tuple[str, str]]]] = {}
         self.floats: dict[str, str] = {}
 
@@ -136,11 +139,11 @@ class Inliner:
     def _match(self, page) -> dict[Any, list[int]]:
         """Each styled element with the numbers of its rules, in the order they apply."""
         tags: dict[str, list] = {}  # tag name or .class -> elements in document order
-        classes: dict[Any, frozenset] = {}
-        for element in page.iter(etree.Element):
+        for element in page.iter(*self.tags):
             tags.setdefault(element.tag, []).append(element)
-            value = element.get("class")
-            names = frozenset(XPATH_SPACE_RE.split(value.strip(" \t\r\n"))) if value else frozenset()
+        classes: dict[Any, frozenset] = {}
+        for element in WITH_CLASS(page):
+            names = frozenset(XPATH_SPACE_RE.split(element.get("class").strip(" \t\r\n")))
             classes[element] = names
             for name in names:
                 tags.setdefault(f".{name}", []).append(element)

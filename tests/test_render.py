@@ -331,3 +331,13 @@ def test_hyphenated_words_are_never_split(write_digest, settings, renderer, exam
             "no line ends inside a hyphenated word"
     text = renderer.render(load_digest(write_digest(source), settings)).text
     assert text.count("mixture-of-experts") == 8
+
+
+@pytest.mark.parametrize("html", [
+    '<a id="one" name="one">', '\tid="tab"', 'id="at-start"', '<p data-xid="no id="yes"">',
+    '<p id="">', ' id="a" id="b"', '\u00a0id="nbsp"', '<a\nid="newline">', 'x id="open',
+])
+def test_the_anchor_pattern_finds_what_the_plain_one_does(html):
+    """check_whole's pattern is written to be fast; it must find the same anchors."""
+    from newsletter.render import ANCHOR_RE
+    assert ANCHOR_RE.findall(html) == re.findall(r'\sid="([^"]+)"', html)
