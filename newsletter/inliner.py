@@ -33,8 +33,12 @@ OPTIONS: dict[str, Any] = dict(
     allow_network=False, keep_style_tags=False, strip_important=False, remove_classes=False,
     disable_validation=True, cssutils_logging_level=logging.CRITICAL, cache_css_parsing=True,
 )
-# `tag`, `.class`, `tag.class.other`: matched from the one walk's index, no XPath needed.
-SIMPLE_SELECTOR_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)?((?:\.[a-zA-Z_][a-zA-Z0-9_-]*)*)")
+# `tag`, `.class`, `tag.class.other`, and chains of them joined by ` ` or ` > `: matched from the
+# one walk's index and each candidate's ancestors, without running cssselect's XPath over the email.
+COMPOUND = r"[a-zA-Z][a-zA-Z0-9]*(?:\.[a-zA-Z_][a-zA-Z0-9_-]*)*|(?:\.[a-zA-Z_][a-zA-Z0-9_-]*)+"
+COMBINATOR = r"[ \t\r\n\f]*>[ \t\r\n\f]*|[ \t\r\n\f]+"  # CSS whitespace, as cssselect reads it
+CHAIN_RE = re.compile(rf"(?:{COMPOUND})(?:(?:{COMBINATOR})(?:{COMPOUND}))*")
+PART_RE = re.compile(rf"({COMBINATOR})?({COMPOUND})")
 XPATH_SPACE_RE = re.compile("[ \t\r\n]+")  # what XPath's normalize-space() takes for a space
 STYLE = CSSSelector("style")
 WITH_CLASS = etree.XPath("descendant-or-self::*[@class]")
@@ -71,23 +75,29 @@ class _Rule:
                 selector = plain
         self.pseudo = pseudo
         self.pairs = csstext_to_pairs(bulk, validate=validate)
-        simple = SIMPLE_SELECTOR_RE.fullmatch(selector)
-        if simple and selector:
-            self.tag = simple.group(1)
-            self.classes = frozenset(simple.group(2).split(".")[1:])
-            self.xpath = None
-        else:
-            self.tag, self.classes, self.xpath = None, frozenset(), CSSSelector(selector)
+        self.xpath = None if CHAIN_RE.fullmatch(selector) else CSSSelector(selector)
+        # (" " or ">": how it relates to the one before, tag, classes) per compound selector.
+        self.steps = [(">" if ">" in (m.group(1) or "") else " ", *_compound(m.group(2)))
+                      for m in PART_RE.finditer(selector)] if self.xpath is None else []
 
     def matches(self, page, tags: dict[str, list], classes: dict[Any, frozenset]) -> list:
         if self.xpath is not None:
             return self.xpath(page)
-        if self.tag:
-            found = tags.get(self.tag, [])
-        else:
-            first = next(iter(self.classes))
-            found = tags.get(f".{first}", [])
-        return [e for e in found if self.classes <= classes.get(e, NO_CLASS)] if self.classes else found
+        # Top down: the elements that match the first compound, then their children or
+        # descendants that match the next, and so on (each once, however deep they nest).
+        _, tag, names = self.steps[0]
+        found = [e for e in tags.get(tag or f".{next(iter(names))}", []) if names <= classes.get(e, NO_CLASS)]
+        for combinator, tag, names in self.steps[1:]:
+            below = (e.iterchildren(tag or etree.Element) if combinator == ">" else
+                     e.iterdescendants(tag or etree.Element) for e in found)
+            found = list(dict.fromkeys(d for group in below for d in group
+                                       if names <= classes.get(d, NO_CLASS)))
+        return found
+
+
+def _compound(text: str) -> tuple[str | None, frozenset]:
+    tag, *names = text.split(".")
+    return tag or None, frozenset(names)
 
 
 class Inliner:
@@ -108,7 +118,8 @@ class Inliner:
         rules.sort(key=lambda rule: rule[0])
         validate = not self.premailer.disable_validation
         self.rules = [_Rule(selector, bulk, validate) for _, selector, bulk in rules]
-        self.tags = sorted({rule.tag for rule in self.rules if rule.tag}) or ["-"]  # "-": no element
+        self.tags = sorted({rule.steps[0][1] for rule in self.rules if rule.steps and rule.steps[0][1]}) \
+            or ["-"]  # "-": no element has that tag
         self.merged: dict[tuple, tuple[str, list[tuple[str, str]]]] = {}
         self.floats: dict[str, str] = {}
 

@@ -19,6 +19,8 @@ img.left { float: left; }
 blockquote.pull p { margin: 0; }
 .item > h3 { margin: 0 0 2px; }
 .footer a { color: #5b6470; }
+body .item div > h3 { letter-spacing: 1px; }
+ul > li.x, div.item  >  div h3 { padding: 0; }
 a:hover { color: red; }
 li:first-child { margin-top: 0; }
 li:nth-child(2) { margin-top: 2px; }
@@ -38,7 +40,7 @@ DOCUMENT = """<!doctype html>
 <div class="box">box</div><img class="img" src="a.png"><img class="left img" style="border: 1px" src="b.png">
 <blockquote class="pull"><p>pulled</p></blockquote>
 <div class="item"><h3>item</h3><div><h3>deeper</h3></div></div>
-<ul><li>one</li><li>two</li><li>three</li></ul>
+<ul><li>one</li><li class="x">two</li><li>three</li></ul>
 <p class="gone strong">unset</p>
 <div class="footer"><a href="#x">link</a> <a href="#y" style="font-weight: 600">other</a></div>
 <p class="notes">not .note</p><p class="NOTE">case</p>
@@ -66,7 +68,7 @@ def test_every_rule_of_the_document_styles_something():
     html = Inliner(CSS).inline(DOCUMENT)
     for value in ("font-size:18px", "font-style:italic", 'bgcolor="#aabbcc"', 'width="300"',
                   'valign="top"', 'align="right"', 'align="left"', "margin:0 0 2px", "color:#5b6470",
-                  "margin-top:0", "margin-top:2px", "color:blue !important", "a:hover"):
+                  "margin-top:0", "margin-top:2px", "letter-spacing:1px", "padding:0", "color:blue !important", "a:hover"):
         assert value in html, value
     assert "color:unset" not in html
 
