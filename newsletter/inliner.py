@@ -107,9 +107,10 @@ class Inliner:
 
     @classmethod
     def for_css(cls, css: str) -> Inliner:
-        if css not in cls._made:
-            cls._made[css] = cls(css)
-        return cls._made[css]
+        made = cls._made.get(css)
+        if made is None:
+            made = cls._made[css] = cls(css)
+        return made
 
     def __init__(self, css: str):
         self.css = css
@@ -167,11 +168,13 @@ class Inliner:
     def _apply(self, styled: dict[Any, list[int]]) -> None:
         for element, numbers in styled.items():
             key = (element.attrib.get("style", ""), tuple(numbers))
-            if key not in self.merged:
+            merged = self.merged.get(key)
+            if merged is None:  # read and written once each: safe for threads sharing the inliner
+                merged = self._merge(*key)
                 if len(self.merged) > MAX_CACHED:
                     self.merged.clear()
-                self.merged[key] = self._merge(*key)
-            final, attributes = self.merged[key]
+                self.merged[key] = merged
+            final, attributes = merged
             if final:
                 element.attrib["style"] = final
             for name, value in attributes:
@@ -189,9 +192,11 @@ class Inliner:
         # Outlook understands align=, not float: premailer reads each image's style with cssutils.
         for image in page.xpath("//img[@style]"):
             style = image.attrib["style"]
-            if style not in self.floats:
+            float_ = self.floats.get(style)
+            if float_ is None:
+                float_ = cssutils.parseStyle(style).float
                 if len(self.floats) > MAX_CACHED:
                     self.floats.clear()
-                self.floats[style] = cssutils.parseStyle(style).float
-            if self.floats[style] in ("right", "left"):
-                image.attrib["align"] = self.floats[style]
+                self.floats[style] = float_
+            if float_ in ("right", "left"):
+                image.attrib["align"] = float_
