@@ -6,8 +6,9 @@ style of every image with cssutils to look for a float. All of that but the matc
 on the CSS text and on a few strings that repeat from email to email, so an `Inliner` keeps it:
 
 - the rules, sorted, each with its declarations already split into pairs;
-- the matching in one walk over the document for selectors that are a tag and/or classes (most
-  of ours), with cssselect's XPath only for the rest (descendant selectors);
+- the matching: selectors made of tags and classes, alone or joined by ` ` and `>` (all of ours),
+  are matched from one index of the document by tag and by class, then top down through lxml's
+  children and descendants; cssselect's XPath, one run over the document each, only for the rest;
 - the merged style and the HTML attributes it implies, per (style already there, rules matched);
 - the float of each distinct image style.
 
@@ -34,7 +35,7 @@ OPTIONS: dict[str, Any] = dict(
     disable_validation=True, cssutils_logging_level=logging.CRITICAL, cache_css_parsing=True,
 )
 # `tag`, `.class`, `tag.class.other`, and chains of them joined by ` ` or ` > `: matched from the
-# one walk's index and each candidate's ancestors, without running cssselect's XPath over the email.
+# index of the email by tag and class (`Inliner._match`), without cssselect's XPath.
 COMPOUND = r"[a-zA-Z][a-zA-Z0-9]*(?:\.[a-zA-Z_][a-zA-Z0-9_-]*)*|(?:\.[a-zA-Z_][a-zA-Z0-9_-]*)+"
 COMBINATOR = r"[ \t\r\n\f]*>[ \t\r\n\f]*|[ \t\r\n\f]+"  # CSS whitespace, as cssselect reads it
 CHAIN_RE = re.compile(rf"(?:{COMPOUND})(?:(?:{COMBINATOR})(?:{COMPOUND}))*")

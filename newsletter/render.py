@@ -195,7 +195,8 @@ class Renderer:
 
     def inline(self, html: str) -> str:
         inlined = Inliner.for_css(self.css).inline(html)
-        return f"{DOCTYPE}\n{inlined}" if not inlined.lstrip()[:9].lower() == "<!doctype" else inlined
+        return f"{DOCTYPE}\n{inlined}" if inlined.lstrip()[:9].lower() != "<!doctype" else inlined
+
 
 def check_whole(compiled: str, inlined: str, text: str) -> None:
     """Refuse an email the inliner cut short, or one without an unsubscribe link.

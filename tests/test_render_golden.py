@@ -104,7 +104,8 @@ def test_example_emails_are_byte_identical_to_main(renderer, session_settings, m
     expected = {k: v for k, v in GOLDEN.items() if k.startswith(mode)}
     assert len(expected) == 1 + 2 * len(VARIANTS)
     changed = sorted(k for k in expected if found.get(k) != expected[k])
-    assert not changed, f"these parts of the example's emails changed: {changed}"
+    assert not changed, (f"these parts of the example's emails changed: {changed}; if that is meant, "
+                         "print the new table with `python -m tests.test_render_golden`")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 LABEL_END_RE = re.compile(r"[\] \n]")
 PLAIN_LABEL_RE = re.compile(r"[A-Za-z0-9_-]{1,999}\]")
 MAX_LABEL = 999
+
+
 def _markdown() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"typographer": True}).enable(["replacements", "smartquotes"])
     md.validateLink = lambda url: True  # [x](javascript:...) stays a link, for check to refuse
