@@ -27,6 +27,9 @@ in one session (medians of 9 runs each, --repeat 30):
     whole pipeline, file to HTML and text  19.5 ms  13.5
     ratio to the official compile          5.4x     3.9x   on the quieter runs (official 3.2-4.4 ms)
 
+A later, quieter session (3 runs each, official 2.8-3.2 ms): whole pipeline 16.7 -> 10.8 ms, ratio
+5.5x -> 3.8x; parse 6.9 -> 5.5 ms, inline 4.2 -> 1.25 ms.
+
 The official compile is the noisiest figure (3 to 8 ms within one busy session; with 50 or more
 warm-ups instead of 5 it settles near 2.5 ms): compare ratios within one run. The goal is not reached.
 What is left, for every story: markdown-it's parse about 3.6 ms; the plain-text part 2.6 ms, of which
