@@ -17,11 +17,11 @@ from typing import Iterable
 import jinja2
 import mjml
 from markupsafe import Markup
-from premailer import Premailer
 
 from .config import Settings
 from .digest import LINK_STYLE, REF_RE, Digest, Footnote, Section
 from .errors import RenderError
+from .inliner import Inliner
 from .links import Links
 
 DOCTYPE = "<!doctype html>"
@@ -31,7 +31,8 @@ PLACEHOLDERS = {name: f"%%{name}%%" for name in LINK_NAMES}
 REF_STYLE = "font-size:12px;line-height:0"
 REF_LINK_STYLE = f"{LINK_STYLE};text-decoration:none;font-weight:600;padding:0 1px"
 PLACEHOLDER_RE = re.compile("%%(" + "|".join(LINK_NAMES) + ")%%")
-ANCHOR_RE = re.compile(r'\sid="([^"]+)"')
+# ` id="..."`; written to start with its literal, which the regex engine then finds fast.
+ANCHOR_RE = re.compile(r'id="(?<=\sid=")([^"]+)"')
 IMAGE_TAG = '<img class="img" '  # as digest/markdown.py writes a Markdown image
 
 
@@ -247,15 +248,8 @@ class Renderer:
         return finish(html)
 
     def inline(self, html: str) -> str:
-        inlined = _Inliner(
-            html, css_text=self.css, allow_network=False, keep_style_tags=False,
-            strip_important=False, remove_classes=False, disable_validation=True,
-            # CSS width/height never become attributes: height="auto" is invalid, and an image keeps
-            # the pixel width it is coded at (Outlook for Windows draws it at that width).
-            disable_basic_attributes=["width", "height"],
-            cssutils_logging_level=logging.CRITICAL, cache_css_parsing=True,
-        ).transform(pretty_print=False)
-        return f"{DOCTYPE}\n{inlined}" if not inlined.lstrip().lower().startswith("<!doctype") else inlined
+        inlined = Inliner.for_css(self.css).inline(html)
+        return f"{DOCTYPE}\n{inlined}" if inlined.lstrip()[:9].lower() != "<!doctype" else inlined
 
 
 def compact_css(css: str) -> str:
@@ -293,24 +287,6 @@ def check_whole(compiled: str, inlined: str, text: str) -> None:
     for part, name in ((inlined, "HTML"), (text, "plain-text")):
         if PLACEHOLDERS["unsubscribe_url"] not in part:
             raise RenderError(f"the {name} part has no unsubscribe link ({{{{ links.unsubscribe_url }}}})")
-
-
-class _Inliner(Premailer):
-    """premailer, with the parsed rules of our one stylesheet kept between emails.
-
-    premailer caches cssutils' parse of a stylesheet but turns it into rules again for every
-    email: about half of its time for a 60 KB email. The result depends only on the CSS text
-    and the options, which are the same for every email a Renderer makes.
-    """
-
-    _rules: dict[tuple, tuple] = {}
-
-    def _parse_style_rules(self, css_body, ruleset_index):
-        key = (css_body, ruleset_index, self.strip_important, self.disable_validation)
-        if key not in self._rules:
-            self._rules[key] = super()._parse_style_rules(css_body, ruleset_index)
-        rules, leftover = self._rules[key]
-        return list(rules), list(leftover)
 
 
 class Personal:

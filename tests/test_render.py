@@ -436,3 +436,13 @@ def test_spamassassin_finds_nothing_wrong_with_the_html(run, tmp_path, monkeypat
     assert "HTML_FONT_LOW_CONTRAST" not in rules, "text coloured like its background"
     assert {rule: points for rule, points in rules.items() if rule.startswith("HTML_") and points} == {}
     assert score <= 0.5, rules
+
+
+@pytest.mark.parametrize("html", [
+    '<a id="one" name="one">', '\tid="tab"', 'id="at-start"', '<p data-xid="no id="yes"">',
+    '<p id="">', ' id="a" id="b"', '\u00a0id="nbsp"', '<a\nid="newline">', 'x id="open',
+])
+def test_the_anchor_pattern_finds_what_the_plain_one_does(html):
+    """check_whole's pattern is written to be fast; it must find the same anchors."""
+    from newsletter.render import ANCHOR_RE
+    assert ANCHOR_RE.findall(html) == re.findall(r'\sid="([^"]+)"', html)
