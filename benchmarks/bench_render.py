@@ -30,8 +30,9 @@ in one session (medians of 9 runs each, --repeat 30):
 A later, quieter session (3 runs each, official 2.8-3.2 ms): whole pipeline 16.7 -> 10.8 ms, ratio
 5.5x -> 3.8x; parse 6.9 -> 5.5 ms, inline 4.2 -> 1.25 ms.
 
-The official compile is the noisiest figure (3 to 8 ms within one busy session; with 50 or more
-warm-ups instead of 5 it settles near 2.5 ms): compare ratios within one run. The goal is not reached.
+The official compile is the noisiest figure (3 to 8 ms within one busy session with 5 warm-ups;
+with 50, which the benchmark now does, it settles near 2.5 ms, so the ratios above flatter us a
+little): compare ratios within one run. The goal is not reached.
 What is left, for every story: markdown-it's parse about 3.6 ms; the plain-text part 2.6 ms, of which
 Jinja's `wordwrap` (textwrap) takes about 1.4; lxml reading and writing the email 0.85 ms; the MJML
 template 0.6 ms and MRML 0.45 ms. tests/test_render_golden.py pins the output byte for byte.
@@ -71,7 +72,7 @@ NODE_BENCH = """
 const mjml = require(process.argv[1]);
 const source = require("fs").readFileSync(0, "utf8");
 const repeat = Number(process.argv[2]);
-for (let i = 0; i < 5; i++) mjml(source, {validationLevel: "skip"});
+for (let i = 0; i < 50; i++) mjml(source, {validationLevel: "skip"});  // V8 settles after a few dozen
 const times = [];
 for (let i = 0; i < repeat; i++) {
   const start = process.hrtime.bigint();
