@@ -35,7 +35,7 @@ from .errors import NewsletterError, ProviderError, RenderError, StoreConflict, 
 from .links import Links
 from .providers import Message, Provider, make_provider
 from .ratelimits import Hit, RateLimiter
-from .render import Renderer
+from .render import LAYOUT, Renderer
 from .store import events, reader_categories, readers, signups, utcnow
 from .subscribers import (TRANSITIONS, Consent, ConsentMethod, Reader, Status, Subscribers, clean_name,
                           consent_columns, log_event, new_reader_row, normalize_email, normalize_ip)
@@ -242,7 +242,8 @@ class Signups:
         """The confirmation email: templates `email/confirm.mjml` and `email/confirm.txt`."""
         renderer = self._renderer = self._renderer or Renderer(self.settings)
         context = {"settings": self.settings, "name": signup.name, "link": self._link(signup),
-                   "hours": self.settings.confirm_hours, "topics": self.topics(signup.categories)}
+                   "hours": self.settings.confirm_hours, "topics": self.topics(signup.categories),
+                   "layout": LAYOUT}
         try:
             html = renderer.inline(renderer.compile(
                 renderer.env.get_template("email/confirm.mjml").render(context)))

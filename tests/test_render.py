@@ -446,3 +446,21 @@ def test_the_anchor_pattern_finds_what_the_plain_one_does(html):
     """check_whole's pattern is written to be fast; it must find the same anchors."""
     from newsletter.render import ANCHOR_RE
     assert ANCHOR_RE.findall(html) == re.findall(r'\sid="([^"]+)"', html)
+
+
+def test_both_emails_draw_the_page_with_the_one_layout(renderer, example, monkeypatch, settings):
+    """The page width and gutters come from render.LAYOUT for the digest and the confirmation email."""
+    import newsletter.render as render_module
+    import newsletter.signups as signups_module
+    from newsletter.render import Layout
+
+    narrow = Layout(width=600, gutter=20)
+    monkeypatch.setattr(render_module, "LAYOUT", narrow)
+    monkeypatch.setattr(signups_module, "LAYOUT", narrow)
+    context = {"settings": settings, "name": "", "link": "https://example.org/c/x", "hours": 48, "topics": [],
+               "layout": signups_module.LAYOUT}
+    for source in (renderer.mjml(select(example, None)),
+                   renderer.env.get_template("email/confirm.mjml").render(context)):
+        html = renderer.compile(source)
+        assert "max-width:600px" in html.replace(" ", "") and "max-width:640px" not in html.replace(" ", "")
+        assert "padding:0 20px" in html or "padding:0px 20px" in html
