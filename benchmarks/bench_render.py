@@ -32,7 +32,8 @@ A later, quieter session (3 runs each, official 2.8-3.2 ms): whole pipeline 16.7
 
 The official compile is the noisiest figure (3 to 8 ms within one busy session with 5 warm-ups;
 with 50, which the benchmark now does, it settles near 2.5 ms, so the ratios above flatter us a
-little): compare ratios within one run. The goal is not reached.
+little; three quiet runs with 50 gave 12.3-13.0 ms against 2.7-2.8 ms, about 4.5x): compare
+ratios within one run. The goal is not reached.
 What is left, for every story: markdown-it's parse about 3.6 ms; the plain-text part 2.6 ms, of which
 Jinja's `wordwrap` (textwrap) takes about 1.4; lxml reading and writing the email 0.85 ms; the MJML
 template 0.6 ms and MRML 0.45 ms. tests/test_render_golden.py pins the output byte for byte.
