@@ -3,17 +3,27 @@ r"""markdown-it tokens become the readable plain-text part of the email.
 A body is not wrapped here: footnote references are still `[\x02label\x03]`, and a variant
 numbers them `[n]` later, so a line wrapped now would come out short or long. Instead each
 paragraph is one line, `\x1fFIRST\x1fREST\x1fTEXT` (FIRST is put before its first line, REST before
-the others), and a heading adds `\x1f-`, the character that underlines it. The `fill` macro of
-templates/email/wrap.txt wraps them at 78 columns once the numbers are in. Other lines (code,
-rules, blank lines of a quote) are kept as they are. Digest text never holds \x1f: the checks
-refuse control characters.
+the others), and a heading adds `\x1f-`, the character that underlines it. `fill` wraps them at
+78 columns once the numbers are in (templates/email/digest.txt calls it, and `wrap` for one-line
+texts). Other lines (code, rules, blank lines of a quote) are kept as they are. Digest text never
+holds \x1f: the checks refuse control characters.
+
+Words are never split, neither at a hyphen nor inside a URL: a word longer than the line stands on a
+line of its own. The wrapping is Jinja's `wordwrap` filter with `break_long_words` and
+`break_on_hyphens` off, called from Python: a template loop over every line cost more than the rest
+of the plain-text part together.
 """
 
 from __future__ import annotations
 
+import re
+from bisect import bisect_right
+from itertools import accumulate
+
 from markdown_it.token import Token
 
 FIELD = "\x1f"
+WIDTH = 78
 
 
 def inline(children: list[Token]) -> str:
@@ -110,3 +120,84 @@ def _join(paragraphs: list[tuple[str, bool]]) -> str:
         out.append(text)
         previous_tight = tight
     return "".join(out)
+
+
+# -- wrapping, once footnote references are numbered ------------------------------------------------
+
+SEPARATOR_RE = re.compile(r"([\t\n\x0b\x0c\r ]+)")  # how textwrap splits when hyphens are not breaks
+UNUSUAL_SPACE_RE = re.compile(r"[^\S ]|  ")  # any white space but single spaces between words
+
+
+def wrap_line(text: str, width: int) -> list[str]:
+    """`textwrap.wrap(text, width, expand_tabs=False, replace_whitespace=False,
+    break_long_words=False, break_on_hyphens=False)`, line for line: the same greedy rule, with
+    each line's chunks found by a search in their running lengths instead of one at a time."""
+    if width <= 0:
+        raise ValueError(f"invalid width {width!r} (must be > 0)")
+    if text[:1] != " " and text[-1:] != " " and not UNUSUAL_SPACE_RE.search(text):
+        return _words_apart(text, width)
+    chunks = [chunk for chunk in SEPARATOR_RE.split(text) if chunk]
+    ends = list(accumulate(map(len, chunks)))  # ends[k]: the length of chunks[:k + 1]
+    lines: list[str] = []
+    count, start = len(chunks), 0
+    while start < count:
+        if lines and not chunks[start].strip():  # whitespace never starts a line but the first
+            start += 1
+            if start == count:
+                break
+        before = ends[start - 1] if start else 0
+        stop = bisect_right(ends, before + width, start)  # the chunks that fit
+        if stop == start:  # a word longer than the line stands on a line of its own
+            stop += 1
+        end = stop - 1 if not chunks[stop - 1].strip() else stop  # nor does it end one
+        if end > start:
+            lines.append("".join(chunks[start:end]))
+        start = stop
+    return lines
+
+
+def _words_apart(text: str, width: int) -> list[str]:
+    """`wrap_line` for the usual text: words one space apart, none before the first or after the
+    last. Each line ends at the last space that keeps it within `width`, or, for a longer word,
+    at the first space after it."""
+    lines: list[str] = []
+    start, size = 0, len(text)
+    while size - start > width:
+        end = text.rfind(" ", start + 1, start + width + 1)
+        if end < 0:
+            end = text.find(" ", start + width + 1)
+            if end < 0:
+                break
+        lines.append(text[start:end])
+        start = end + 1
+    if start < size:
+        lines.append(text[start:])
+    return lines
+
+
+def wordwrap(text: str, width: int, wrapstring: str) -> str:
+    """Jinja's `wordwrap(width, false, wrapstring, false)`: each line of `text` wrapped on its
+    own, long words and hyphens never broken, the wrapped lines joined with `wrapstring`."""
+    return wrapstring.join([wrapstring.join(wrap_line(line, width)) for line in text.splitlines()])
+
+
+def wrap(text: str, first: str = "", rest: str = "") -> str:
+    """`text` wrapped at 78 columns, `first` before its first line and `rest` before the others."""
+    return first + wordwrap(text, WIDTH - max(len(first), len(rest)), "\n" + rest)
+
+
+def fill(body: str, indent: str = "") -> str:
+    """A body made by `blocks`, its paragraphs wrapped at 78 columns and headings underlined;
+    `indent` goes before every line (round-up items). Every line ends with a newline."""
+    out: list[str] = []
+    for line in body.split("\n"):
+        field = line.split(FIELD)
+        if len(field) < 4:
+            out.append((indent + line).rstrip())
+            continue
+        rest = indent + field[2]
+        lines = indent + field[1] + wordwrap(field[3], max(WIDTH - len(rest), 20), "\n" + rest)
+        out.append(lines)
+        if len(field) > 4:
+            out.append(field[4] * min(max(map(len, lines.split("\n"))), WIDTH))
+    return "".join(line + "\n" for line in out)

@@ -18,6 +18,7 @@ import jinja2
 import mjml
 from markupsafe import Markup
 
+from . import plaintext
 from .config import Settings
 from .digest import LINK_STYLE, REF_RE, Digest, Footnote, Section
 from .errors import RenderError
@@ -183,6 +184,7 @@ class Renderer:
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         )
         self.env.filters["compact_css"] = compact_css
+        self.env.globals.update(wrap=plaintext.wrap, fill=plaintext.fill)
         self.css = self._load("email/inline.css")
 
     def _load(self, name: str) -> str:
