@@ -72,6 +72,17 @@ class Settings:
     misfire_grace_hours: int = 6  # a scheduled send late by more than this is skipped, not sent
     schedule: str | None = None  # [schedule] weekly = "mon 08:00 Europe/Berlin": the weekly send, fixed here
     notify: str | None = None  # the writer's address: how each scheduled send ended, by email
+    # What comes back after the send (reports.py): webhooks, bounce mailbox, stats
+    soft_bounce_limit: int = 3  # issues in a row with a transient bounce before a reader is bounced
+    track_opens: bool = True  # whether opens are tracked (a Resend domain setting): stats show them
+    track_clicks: bool = True  # the same for clicks
+    bounce_imap_host: str | None = None  # the mailbox bounces go to (SMTP); password $NEWSLETTER_BOUNCE_PASSWORD
+    bounce_imap_port: int = 993
+    bounce_imap_security: str = "ssl"  # ssl | starttls | none
+    bounce_imap_user: str | None = None
+    bounce_imap_folder: str = "INBOX"  # where reports arrive
+    bounce_imap_done_folder: str = "Processed"  # where handled reports are moved
+    bounce_fetch_minutes: int = 5  # how often `newsletter scheduler` reads the mailbox
     config_path: Path | None = field(default=None, compare=False)
 
     def category(self, slug: str) -> Category | None:
@@ -115,7 +126,18 @@ KEYS: dict[str, tuple[str, str]] = {
     "misfire_grace_hours": ("NEWSLETTER_MISFIRE_GRACE_HOURS", "count:0,168"),
     "schedule": ("NEWSLETTER_SCHEDULE_WEEKLY", "schedule"),
     "notify": ("NEWSLETTER_NOTIFY", "address"),
+    "soft_bounce_limit": ("NEWSLETTER_SOFT_BOUNCE_LIMIT", "count:1,100"),
+    "track_opens": ("NEWSLETTER_TRACK_OPENS", "bool"),
+    "track_clicks": ("NEWSLETTER_TRACK_CLICKS", "bool"),
+    "bounce_imap_host": ("NEWSLETTER_BOUNCE_IMAP_HOST", "text"),
+    "bounce_imap_port": ("NEWSLETTER_BOUNCE_IMAP_PORT", "count:1,65535"),
+    "bounce_imap_security": ("NEWSLETTER_BOUNCE_IMAP_SECURITY", "choice:ssl,starttls,none"),
+    "bounce_imap_user": ("NEWSLETTER_BOUNCE_IMAP_USER", "text"),
+    "bounce_imap_folder": ("NEWSLETTER_BOUNCE_IMAP_FOLDER", "text"),
+    "bounce_imap_done_folder": ("NEWSLETTER_BOUNCE_IMAP_DONE_FOLDER", "text"),
+    "bounce_fetch_minutes": ("NEWSLETTER_BOUNCE_FETCH_MINUTES", "count:1,1440"),
 }
+BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 REQUIRED = ("name", "sender", "base_url", "postal_address")
 PATH_DEFAULTS = {"digests_dir": "digests", "output_dir": "out", "outbox_dir": "outbox",
                  "secret_key_file": KEY_FILENAME}  # beside newsletter.toml
@@ -188,6 +210,12 @@ def _parse(key: str, value: Any, source: Path | str, base_dir: Path) -> Any:
         return _parse_schedule(value, bad)
     if kind == "number" or kind.startswith("count:"):
         return _parse_number(kind, value, bad)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in BOOLEANS:
+            return BOOLEANS[value.strip().lower()]
+        raise bad(f"must be true or false, got {shorten(repr(value))}")
     if not isinstance(value, str):
         raise bad(f"must be a string, got {type(value).__name__}")
     if unsafe := UNSAFE_CHARACTERS.search(value):  # the value is not shown: it may be a secret

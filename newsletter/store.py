@@ -71,6 +71,9 @@ class ReaderRow(Base):
     consent_method: Mapped[str | None] = mapped_column(sa.String(16))  # form | import | cli
     consent_ip: Mapped[str | None] = mapped_column(sa.String(45))
     consent_source: Mapped[str | None] = mapped_column(sa.String(300))  # e.g. the imported file
+    # Transient bounces in a row, counted once per run; a delivery resets it (see reports.py).
+    soft_bounces: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    soft_bounce_run: Mapped[int | None] = mapped_column(sa.Integer)  # the run last counted
 
 
 class ReaderCategoryRow(Base):
@@ -142,7 +145,7 @@ class DeliveryRow(Base):
     variant: Mapped[str] = mapped_column(sa.String(300))  # the categories the reader's copy has
     state: Mapped[str] = mapped_column(sa.String(16))  # queued | sending | sent | failed | skipped
     reason: Mapped[str | None] = mapped_column(sa.Text)
-    message_id: Mapped[str | None] = mapped_column(sa.String(200))
+    message_id: Mapped[str | None] = mapped_column(sa.String(200), index=True)  # the provider's
     batch_key: Mapped[str | None] = mapped_column(sa.String(100), index=True)  # the idempotency key
     # While a batch is in flight: the address and token it went out with, so that sending it
     # again after a stop is the very same request (cleared once the provider has answered).
@@ -199,6 +202,31 @@ class ScheduledJobRow(Base):
     job_state: Mapped[bytes] = mapped_column(sa.LargeBinary)
 
 
+class ReportRow(Base):
+    """What the provider reported about one email after it was accepted (Resend's webhooks, bounce
+    and complaint reports from a mailbox): delivered, bounced, opened, clicked, ... `report_id`
+    (Resend's `svix-id`, a report message's Message-ID) is unique, so a report handled twice is
+    stored once. Reports for emails we do not know are kept, with no delivery."""
+
+    __tablename__ = "reports"
+    __table_args__ = (sa.UniqueConstraint("source", "report_id", name="uq_reports_source_report_id"),)
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(sa.String(16))  # resend | mailbox
+    report_id: Mapped[str] = mapped_column(sa.String(200))
+    kind: Mapped[str] = mapped_column(sa.String(32), index=True)  # delivered, bounced, ... (see reports.py)
+    message_id: Mapped[str | None] = mapped_column(sa.String(200), index=True)  # the provider's id of the email
+    delivery_id: Mapped[int | None] = mapped_column(sa.ForeignKey("deliveries.id", ondelete="SET NULL"),
+                                                    index=True)
+    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("send_runs.id", ondelete="SET NULL"), index=True)
+    reader_id: Mapped[int | None] = mapped_column(sa.ForeignKey("readers.id", ondelete="SET NULL"),
+                                                  index=True)
+    bounce_type: Mapped[str | None] = mapped_column(sa.String(16))  # permanent | transient | undetermined
+    detail: Mapped[str | None] = mapped_column(sa.Text)  # the provider's reason, in its words
+    link: Mapped[str | None] = mapped_column(sa.Text)  # the link a click followed
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
 readers = ReaderRow.__table__
 categories = CategoryRow.__table__
 reader_categories = ReaderCategoryRow.__table__
@@ -210,6 +238,7 @@ signups = SignupRow.__table__
 rate_limits = RateLimitRow.__table__
 issues = IssueRow.__table__
 scheduled_jobs = ScheduledJobRow.__table__
+reports = ReportRow.__table__
 
 
 def create_engine(url: str, *, create: bool = True) -> Engine:
