@@ -1,6 +1,8 @@
 """A fake Resend API on 127.0.0.1 for the tests and benchmarks: real HTTP, Resend's shapes.
 
 `POST /emails` and `POST /emails/batch` (at most 100, `x-batch-validation: strict|permissive`),
+and, like Resend's webhooks, events about the emails it accepted POSTed to an endpoint, signed the
+way Svix signs them (`post_events`),
 idempotency keys (same key and body: the same answer and no second delivery; same key and another
 body: 409), a rate limit answering 429 with `retry-after` and `ratelimit-*` headers, and switches
 to inject 5xx answers, slow answers (client timeouts) and refused connections.
@@ -118,6 +120,54 @@ class FakeResend:
 
     def for_address(self, address: str) -> list[Delivery]:
         return [d for d in self.state.deliveries if d.to == address]
+
+    def post_events(self, endpoint: str, secret: str, kinds: dict[str, list[str]]) -> list[int]:
+        """POST Resend's events about accepted emails to `endpoint`, signed with `secret`
+        (`whsec_...`): `kinds` maps an address to event types in order ("email.delivered",
+        "email.opened", "email.clicked" (its first https link), "email.bounced" (permanent),
+        "email.bounced.transient", "email.complained"). The answers' status codes, in order."""
+        import requests
+
+        statuses = []
+        for delivery in list(self.state.deliveries):
+            for kind in kinds.get(delivery.to, []):
+                body = json.dumps(event_payload(delivery, kind))
+                answer = requests.post(endpoint, data=body.encode(), timeout=30,
+                                       headers={"content-type": "application/json",
+                                                **svix_headers(secret, f"msg_{uuid.uuid4().hex}", body)})
+                statuses.append(answer.status_code)
+        return statuses
+
+
+def event_payload(delivery: Delivery, kind: str) -> dict:
+    """An event as Resend sends it (https://resend.com/docs/webhooks), about `delivery`."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    data = {"email_id": delivery.id, "created_at": now, "from": "sender@example.com", "to": [delivery.to],
+            "subject": delivery.subject, "message_id": f"<{delivery.id}@resend.dev>"}
+    type_ = kind
+    if kind.startswith("email.bounced"):
+        type_ = "email.bounced"
+        data["bounce"] = {"type": "Transient", "subType": "MailboxFull",
+                          "message": "The recipient's mailbox is full."} if kind.endswith(".transient") else \
+            {"type": "Permanent", "subType": "General",
+             "message": "The recipient's email provider sent a hard bounce message."}
+    if kind == "email.clicked":
+        links = re.findall(r'href="(https://[^"]+)"', delivery.html or "")
+        data["click"] = {"ipAddress": "192.0.2.1", "link": links[0] if links else "https://example.com/",
+                         "timestamp": now, "userAgent": "Mozilla/5.0"}
+    return {"type": type_, "created_at": now, "data": data}
+
+
+def svix_headers(secret: str, svix_id: str, body: str, timestamp: int | None = None) -> dict:
+    """The headers Svix sends: an HMAC-SHA256 of `id.timestamp.body` with the base64 secret."""
+    import base64
+    import hmac
+
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{svix_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return {"svix-id": svix_id, "svix-timestamp": str(timestamp),
+            "svix-signature": "v1," + base64.b64encode(digest).decode()}
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -5,6 +5,7 @@
     readers   /u/TOKEN (unsubscribe, RFC 8058 one-click), /p/TOKEN (preferences)
     signup    /subscribe, /confirm/SIGNED (double opt-in)
     archive   /issues/, /issues/SLUG, /feed.xml
+    webhooks  /webhooks/resend (Resend's signed reports: delivered, bounced, complained, ...)
 
 plus `/healthz`. `newsletter serve` runs it under waitress. The app never migrates the database:
 a schema that is not current stops it at start with the command to run.
@@ -65,11 +66,12 @@ def create_app(settings: Settings | None = None, *, subscribers: Subscribers | N
         hops = settings.proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
 
-    from . import archive, readers, signup
+    from . import archive, readers, signup, webhooks
 
     app.register_blueprint(readers.blueprint)
     app.register_blueprint(signup.blueprint)
     app.register_blueprint(archive.blueprint)
+    app.register_blueprint(webhooks.blueprint)
     app.after_request(security.headers)
     app.context_processor(lambda: {"newsletter": settings, "csrf_field": security.csrf_field})
 
