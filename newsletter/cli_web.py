@@ -13,6 +13,7 @@ import click
 
 from .cli import App, cli, pass_app, shown_path
 from .signups import where_confirmations_go
+from .web.webhooks import PATH, SECRET_VAR, secret_from_environment
 
 SWITCH_INTERVAL = 0.0005  # seconds; measured with benchmarks/bench_web.py
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -41,6 +42,9 @@ def serve(app: App, host: str, port: int, threads: int, workers: int) -> None:
     click.echo(f"serving {settings.name} on http://{shown_host}:{sock.getsockname()[1]} "
                f"(links in emails point to {settings.base_url}"
                f"{f'; {workers} processes' if workers > 1 else ''})", err=True)
+    if settings.provider == "resend" or secret_from_environment():
+        click.echo(f"Resend's webhooks: POST {settings.base_url}{PATH}" if secret_from_environment() else
+                   f"Resend's webhooks are refused: ${SECRET_VAR} is not set", err=True)
     outbox = where_confirmations_go(settings)
     if outbox:
         click.echo(f"confirmation emails go to the outbox: {shown_path(Path(outbox))}", err=True)

@@ -244,3 +244,51 @@ def test_a_report_recorded_twice_is_stored_and_acted_on_once(web, subs):
     assert (first.stored, first.new_status) == (True, Status.BOUNCED)
     assert (again.stored, again.new_status) == (False, None)
     assert len(stored(web)) == 1 and len(status_events(web, "reader@example.com")) == 1
+
+
+# -- newsletter webhooks test -----------------------------------------------------------------------
+
+def test_webhooks_test_sends_a_signed_event_a_real_server_accepts(db_url, session_settings, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, TEST_KEY, Server
+
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("NEWSLETTER_", "RESEND_"))}
+    env |= {"NEWSLETTER_CONFIG": str(ROOT / "newsletter.toml"), "NEWSLETTER_DATABASE_URL": db_url,
+            "NEWSLETTER_SECRET_KEY": TEST_KEY}
+    from newsletter.subscribers import Subscribers
+
+    Subscribers.open(db_url, session_settings.categories).close()  # a current schema
+    server = Server(dict(env, RESEND_WEBHOOK_SECRET=SECRET))
+    try:
+        assert server.said("Resend's webhooks: POST")
+        command = [sys.executable, "-m", "newsletter", "webhooks", "test", "--url", f"{server.url}{PATH}"]
+        good = subprocess.run(command, env=dict(env, RESEND_WEBHOOK_SECRET=SECRET), capture_output=True,
+                              text=True, timeout=60)
+        wrong = subprocess.run(command, env=dict(env, RESEND_WEBHOOK_SECRET=OTHER_SECRET), capture_output=True,
+                               text=True, timeout=60)
+        unset = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        server.stop()
+    assert good.returncode == 0 and "accepted a signed test event" in good.stdout, good.stderr
+    assert wrong.returncode == 1 and "refused the signature" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    assert unset.returncode == 1 and "RESEND_WEBHOOK_SECRET is not set" in unset.stderr
+    subs = Subscribers.open(db_url, session_settings.categories)
+    with subs.engine.connect() as conn:
+        kinds = conn.execute(sa.select(reports.c.kind, reports.c.delivery_id)).all()
+    subs.close()
+    assert kinds == [("delivered", None)]
+
+
+def test_webhooks_test_says_when_no_server_answers(run, monkeypatch):
+    from .conftest import free_port
+
+    monkeypatch.setenv("RESEND_WEBHOOK_SECRET", SECRET)
+    result = run("webhooks", "test", "--url", f"http://127.0.0.1:{free_port()}{PATH}")
+    assert result.code == 1
+    assert "could not reach" in result.err and len(result.err.strip().splitlines()) == 1
+    monkeypatch.setenv("RESEND_WEBHOOK_SECRET", "whsec_not base64!")
+    result = run("webhooks", "test", "--url", f"http://127.0.0.1:{free_port()}{PATH}")
+    assert result.code == 1 and "not a signing secret" in result.err

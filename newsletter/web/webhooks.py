@@ -11,9 +11,13 @@ stored under its `svix-id` once, and a second delivery answers 200 and changes n
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
 import logging
 import os
+import time
 
 import resend
 from flask import Blueprint, Response, jsonify, request
@@ -27,9 +31,22 @@ SECRET_VAR = "RESEND_WEBHOOK_SECRET"
 PATH = "/webhooks/resend"
 
 
+def secret_from_environment() -> str | None:
+    return os.environ.get(SECRET_VAR, "").strip() or None
+
+
+def sign(secret: str, svix_id: str, body: str, timestamp: int | None = None) -> dict[str, str]:
+    """The headers Svix sends with `body`: its signature of `id.timestamp.body` with `secret`."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{svix_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return {"svix-id": svix_id, "svix-timestamp": str(timestamp),
+            "svix-signature": "v1," + base64.b64encode(digest).decode()}
+
+
 @blueprint.post(PATH)
 def resend_webhook() -> Response:
-    secret = os.environ.get(SECRET_VAR, "").strip()
+    secret = secret_from_environment()
     if not secret:
         log.warning("webhook refused: $%s is not set, so no signature can be checked", SECRET_VAR)
         return _answer(503, "webhooks are not set up on this server")
