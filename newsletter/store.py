@@ -72,7 +72,7 @@ class ReaderRow(Base):
     consent_ip: Mapped[str | None] = mapped_column(sa.String(45))
     consent_source: Mapped[str | None] = mapped_column(sa.String(300))  # e.g. the imported file
     # Transient bounces in a row, counted once per run; a delivery resets it (see reports.py).
-    soft_bounces: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    soft_bounces: Mapped[int] = mapped_column(sa.Integer, server_default="0")  # no Python default: see insert_many
     soft_bounce_run: Mapped[int | None] = mapped_column(sa.Integer)  # the run last counted
 
 
