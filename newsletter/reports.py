@@ -17,10 +17,8 @@ place that stores it and acts on it, in one transaction:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -28,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from .errors import SubscriberError
-from .subscribers import STOPPED, Status, _sqlite_writer, log_event, normalize_email, transition
+from .subscribers import STOPPED, Status, log_event, normalize_email, transition, writing
 from .store import deliveries, readers, reports, send_runs, utcnow
 
 log = logging.getLogger("newsletter.reports")
@@ -74,7 +72,7 @@ class Reports:
 
     def record(self, report: Report) -> Recorded:
         now = utcnow()
-        with self._writing() as conn:
+        with writing(self.engine) as conn:
             delivery = self._delivery(conn, report)
             reader_id = delivery.reader_id if delivery is not None else self._reader_by_address(conn, report)
             run_id = delivery.run_id if delivery is not None else None
@@ -174,16 +172,6 @@ class Reports:
                   issue=issue, source=report.source)
         log.info("reader %d is %s (%s report)", reader_id, new.value, report.source)
         return new
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        """A write transaction; on SQLite one at a time per process, like the reader store's."""
-        if self.engine.dialect.name != "sqlite":
-            with self.engine.begin() as conn:
-                yield conn
-            return
-        with _sqlite_writer(self.engine), self.engine.begin() as conn:
-            yield conn
 
 
 def _clip(text: str | None, limit: int = MAX_TEXT) -> str | None:

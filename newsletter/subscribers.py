@@ -596,16 +596,8 @@ class Subscribers:
     def _begin(self, conn: Connection | None):
         return contextlib.nullcontext(conn) if conn is not None else self.engine.begin()
 
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        """A write transaction. On SQLite, one at a time per process: threads of a web server
-        queue here instead of in SQLite's busy handler, which backs off in sleeps of up to 100 ms."""
-        if self.engine.dialect.name != "sqlite":
-            with self.engine.begin() as conn:
-                yield conn
-            return
-        with _sqlite_writer(self.engine), self.engine.begin() as conn:
-            yield conn
+    def _writing(self) -> contextlib.AbstractContextManager[Connection]:
+        return writing(self.engine)
 
 
 _BY_TOKEN = sa.select(readers.c.id, readers.c.email, readers.c.token, readers.c.status).where(
@@ -619,6 +611,18 @@ _ONE_CLICK = (sa.update(readers)
               .returning(readers.c.id, readers.c.token))
 _WRITERS: "weakref.WeakKeyDictionary[Engine, threading.Lock]" = weakref.WeakKeyDictionary()
 _WRITERS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction. On SQLite, one at a time per process: threads of a web server
+    queue here instead of in SQLite's busy handler, which backs off in sleeps of up to 100 ms."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with _sqlite_writer(engine), engine.begin() as conn:
+        yield conn
 
 
 def _sqlite_writer(engine: Engine) -> threading.Lock:
