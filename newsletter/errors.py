@@ -10,6 +10,8 @@
     │                               process inserted the same row first: callers that expect such a
     │                               race catch this one (the store raises it, never SQLAlchemy's)
     ├── SubscriberError             a reader or an import row cannot be stored
+    ├── MailboxError                the bounce mailbox cannot be read: not configured, unreachable,
+    │                               login refused, folder missing (.host, .folder; never the password)
     ├── ProviderError               the email provider refused or failed a whole request
     │   ├── RateLimited             wait and retry (.retry_after seconds)
     │   ├── Unavailable             5xx, timeout, refused connection: retry with backoff
@@ -92,6 +94,12 @@ class StoreConflict(StoreError):
 
 class SubscriberError(NewsletterError):
     pass
+
+
+class MailboxError(NewsletterError):
+    def __init__(self, message: str, *, host: str | None = None, folder: str | None = None):
+        self.host, self.folder = host, folder
+        super().__init__(message)
 
 
 class ProviderError(NewsletterError):

@@ -6,8 +6,9 @@ store in the readers' database, so they survive restarts and every process sees 
     once-...   one digest file at one moment
 
 The scheduler process also tries again, with backoff (`BACKOFF`), every run paused for a reason
-time may fix (a daily quota, an outage, a run of failed requests), and with `notify` set it emails
-the writer how each send it made ended.
+time may fix (a daily quota, an outage, a run of failed requests), with `notify` set it emails
+the writer how each send it made ended, and with `bounce_imap_host` set it reads the bounce
+mailbox every `bounce_fetch_minutes` (`mailbox.py`).
 
 The jobs name their work by reference (`newsletter.schedule:run_weekly`, `run_once`); the
 scheduler process (`newsletter scheduler`) runs them. Declared in newsletter.toml
@@ -44,6 +45,7 @@ RUN_ONCE = "newsletter.schedule:run_once"
 BACKOFF = (dt.timedelta(minutes=15), dt.timedelta(hours=1), dt.timedelta(hours=4))
 RETRIES = "retries"  # the scheduler's own job that looks for runs to retry (kept in memory)
 RETRY_EVERY = 60  # seconds between two looks
+BOUNCES = "bounces"  # the scheduler's own job that reads the bounce mailbox (kept in memory)
 
 
 class ScheduleError(NewsletterError):
@@ -347,7 +349,7 @@ def run_scheduler(settings, engine, done: threading.Event) -> None:
                         settings.misfire_grace_hours)
         elif event.code == EVENT_JOB_ERROR:
             log.error("%s failed: %s", event.job_id, event.exception)
-        elif event.job_id != RETRIES:
+        elif event.job_id not in (RETRIES, BOUNCES):  # these log what they did themselves
             log.info("%s done", event.job_id)
 
     scheduler.add_listener(report, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
@@ -355,8 +357,7 @@ def run_scheduler(settings, engine, done: threading.Event) -> None:
     for job in scheduler.get_jobs(jobstore="default"):  # today's grace and coalescing, whatever it was stored with
         job.modify(misfire_grace_time=grace, coalesce=True)
         log.info("schedule %s: next %s", job.id, job.next_run_time.isoformat() if job.next_run_time else "paused")
-    scheduler.add_job(_retry_job, "interval", seconds=RETRY_EVERY, id=RETRIES, jobstore="local",
-                      next_run_time=dt.datetime.now(dt.timezone.utc))
+    add_own_jobs(scheduler, settings)
     scheduler.resume()
     try:
         done.wait()
@@ -364,6 +365,17 @@ def run_scheduler(settings, engine, done: threading.Event) -> None:
         STOP.set()  # a send in flight pauses after its batch
         scheduler.shutdown(wait=True)
         log.info("scheduler stopped")
+
+
+def add_own_jobs(scheduler, settings) -> None:
+    """The scheduler process's own jobs, first run at once: the look for runs to retry, and,
+    with a bounce mailbox configured, reading it every `bounce_fetch_minutes`."""
+    now = dt.datetime.now(dt.timezone.utc)
+    scheduler.add_job(_retry_job, "interval", seconds=RETRY_EVERY, id=RETRIES, jobstore="local",
+                      next_run_time=now)
+    if settings.bounce_imap_host:
+        scheduler.add_job(fetch_bounces, "interval", minutes=settings.bounce_fetch_minutes, id=BOUNCES,
+                          jobstore="local", next_run_time=now)
 
 
 def resume_interrupted(settings, engine) -> None:
@@ -460,3 +472,18 @@ def _retry_job() -> None:
             retry_paused(settings, subscribers.engine)
     finally:
         SENDING.release()
+
+
+def fetch_bounces():
+    """The scheduler's read of the bounce mailbox: its counts logged and returned; a failure (the
+    server unreachable, the login refused) logged as one line, and the next read comes all the same."""
+    from .mailbox import fetch_reports
+
+    try:
+        with _store() as (settings, subscribers, _ledger):
+            fetched = fetch_reports(settings, subscribers.engine)
+    except NewsletterError as e:
+        log.error("bounce mailbox not read: %s", e)
+        return None
+    log.info("bounce mailbox: %s", fetched)
+    return fetched

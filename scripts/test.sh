@@ -5,6 +5,10 @@ NEWSLETTER_EXTRAS=test source "$(dirname "$0")/bootstrap.sh"
 need_debs chromium chromium-driver
 # SpamAssassin scores a sent message with its local rules; the test skips, saying so, without it.
 need_debs spamassassin || echo "warning: could not install spamassassin; its test will be skipped" >&2
+# Dovecot: the bounce mailbox tests start their own IMAP server on 127.0.0.1 from it (the package's
+# system service is not used; where systemd started it, `systemctl disable --now dovecot` stops it).
+# Those tests skip, saying so, without it.
+need_debs dovecot-imapd || echo "warning: could not install dovecot-imapd; the bounce mailbox tests will be skipped" >&2
 
 # The official MJML compiler (npm `mjml`, pinned in tools/mjml/package-lock.json): a test checks
 # that the templates render the same with it as with mjml-python. Skipped without node and npm.

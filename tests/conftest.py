@@ -226,3 +226,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- the bounce mailbox: a throw-away Dovecot IMAP server ----------------------------------------
+
+@pytest.fixture(scope="session")
+def dovecot():
+    """Dovecot on 127.0.0.1 for the whole session (skipped, saying why, where it is missing)."""
+    from .imap_server import Dovecot, dovecot_binary
+
+    binary = dovecot_binary()
+    if binary is None:
+        pytest.skip("Dovecot is not installed (Debian package dovecot-imapd; scripts/test.sh installs it)")
+    server = Dovecot(binary)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def imap_account(dovecot):
+    """The Dovecot server's user, with an empty mailbox."""
+    return dovecot.empty_account()
