@@ -10,6 +10,7 @@
     │                               process inserted the same row first: callers that expect such a
     │                               race catch this one (the store raises it, never SQLAlchemy's)
     ├── SubscriberError             a reader or an import row cannot be stored
+    ├── IssueNotFound               no run of that issue was ever started (`stats`; .issue)
     ├── ProviderError               the email provider refused or failed a whole request
     │   ├── RateLimited             wait and retry (.retry_after seconds)
     │   ├── Unavailable             5xx, timeout, refused connection: retry with backoff
@@ -92,6 +93,12 @@ class StoreConflict(StoreError):
 
 class SubscriberError(NewsletterError):
     pass
+
+
+class IssueNotFound(NewsletterError):
+    def __init__(self, message: str, *, issue: str):
+        self.issue = issue
+        super().__init__(message)
 
 
 class ProviderError(NewsletterError):
