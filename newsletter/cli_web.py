@@ -31,6 +31,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def serve(app: App, host: str, port: int, threads: int, workers: int) -> None:
     """Serve the reader web app: unsubscribe and preference links, signup, the archive."""
     from .web import create_app
+    from .web.stats import turn_on_hint as stats_hint
 
     settings = app.settings
     web = create_app(settings)  # refuses a missing or outdated database, with the command to run
@@ -41,6 +42,8 @@ def serve(app: App, host: str, port: int, threads: int, workers: int) -> None:
     click.echo(f"serving {settings.name} on http://{shown_host}:{sock.getsockname()[1]} "
                f"(links in emails point to {settings.base_url}"
                f"{f'; {workers} processes' if workers > 1 else ''})", err=True)
+    if hint := stats_hint():
+        click.echo(hint, err=True)
     outbox = where_confirmations_go(settings)
     if outbox:
         click.echo(f"confirmation emails go to the outbox: {shown_path(Path(outbox))}", err=True)
