@@ -32,6 +32,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def serve(app: App, host: str, port: int, threads: int, workers: int) -> None:
     """Serve the reader web app: unsubscribe and preference links, signup, the archive."""
     from .web import create_app
+    from .web.stats import turn_on_hint as stats_hint
 
     settings = app.settings
     web = create_app(settings)  # refuses a missing or outdated database, with the command to run
@@ -45,6 +46,8 @@ def serve(app: App, host: str, port: int, threads: int, workers: int) -> None:
     if settings.provider == "resend" or secret_from_environment():
         click.echo(f"Resend's webhooks: POST {settings.base_url}{PATH}" if secret_from_environment() else
                    f"Resend's webhooks are refused: ${SECRET_VAR} is not set", err=True)
+    if hint := stats_hint():
+        click.echo(hint, err=True)
     outbox = where_confirmations_go(settings)
     if outbox:
         click.echo(f"confirmation emails go to the outbox: {shown_path(Path(outbox))}", err=True)

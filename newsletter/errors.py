@@ -12,6 +12,7 @@
     ├── SubscriberError             a reader or an import row cannot be stored
     ├── MailboxError                the bounce mailbox cannot be read: not configured, unreachable,
     │                               login refused, folder missing (.host, .folder; never the password)
+    ├── IssueNotFound               no run of that issue was ever started (`stats`; .issue)
     ├── ProviderError               the email provider refused or failed a whole request
     │   ├── RateLimited             wait and retry (.retry_after seconds)
     │   ├── Unavailable             5xx, timeout, refused connection: retry with backoff
@@ -99,6 +100,11 @@ class SubscriberError(NewsletterError):
 class MailboxError(NewsletterError):
     def __init__(self, message: str, *, host: str | None = None, folder: str | None = None):
         self.host, self.folder = host, folder
+
+
+class IssueNotFound(NewsletterError):
+    def __init__(self, message: str, *, issue: str):
+        self.issue = issue
         super().__init__(message)
 
 

@@ -56,9 +56,8 @@ class RateLimiter:
     def hit(self, kind: str, value: str, *, limit: int, per: dt.timedelta) -> Hit:
         """Count one hit of `value` and say whether it is within `limit` per window of `per`."""
         now = self.clock()
-        seconds = int(per.total_seconds())
+        seconds, start = self._window(now, per)
         epoch = int(now.timestamp())
-        start = dt.datetime.fromtimestamp(epoch - epoch % seconds, dt.timezone.utc)
         key = self.key_for(kind, value)
         with self.engine.begin() as conn:
             insert = INSERTS.get(conn.dialect.name)
@@ -72,3 +71,21 @@ class RateLimiter:
             if count == 1:  # a new window: now and then, drop the ones long over
                 conn.execute(sa.delete(rate_limits).where(rate_limits.c.window_start < now - KEEP))
         return Hit(count, limit, retry_after=max(1, seconds - (epoch - int(start.timestamp()))))
+
+    def peek(self, kind: str, value: str, *, limit: int, per: dt.timedelta) -> Hit:
+        """The hits of `value` in the current window, counting none: whether one more would be
+        within `limit` (e.g. failed logins, counted only when they fail, checked before each)."""
+        now = self.clock()
+        seconds, start = self._window(now, per)
+        with self.engine.connect() as conn:
+            count = conn.execute(sa.select(rate_limits.c.count).where(
+                rate_limits.c.key == self.key_for(kind, value), rate_limits.c.window_start == start)).scalar()
+        return Hit((count or 0) + 1, limit,
+                   retry_after=max(1, seconds - (int(now.timestamp()) - int(start.timestamp()))))
+
+    @staticmethod
+    def _window(now: dt.datetime, per: dt.timedelta) -> tuple[int, dt.datetime]:
+        """The window's length in seconds and its start: fixed windows, aligned on the epoch."""
+        seconds = int(per.total_seconds())
+        epoch = int(now.timestamp())
+        return seconds, dt.datetime.fromtimestamp(epoch - epoch % seconds, dt.timezone.utc)

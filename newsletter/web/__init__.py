@@ -66,12 +66,13 @@ def create_app(settings: Settings | None = None, *, subscribers: Subscribers | N
         hops = settings.proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
 
-    from . import archive, readers, signup, webhooks
+    from . import archive, readers, signup, stats, webhooks
 
     app.register_blueprint(readers.blueprint)
     app.register_blueprint(signup.blueprint)
     app.register_blueprint(archive.blueprint)
     app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(stats.blueprint)
     app.after_request(security.headers)
     app.context_processor(lambda: {"newsletter": settings, "csrf_field": security.csrf_field})
 
