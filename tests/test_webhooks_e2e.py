@@ -114,3 +114,15 @@ def test_events_about_a_real_send_reach_a_real_server(db_url, session_settings, 
     assert subs.require(readers[3]).status == Status.BOUNCED
     assert subs.require(readers[4]).status == Status.ACTIVE  # one transient bounce: counted only
     subs.close()
+    shown = subprocess.run([*COMMAND, "stats", EXAMPLE.name, "--format", "json"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    figures = json.loads(shown.stdout)
+    assert {k: figures[k] for k in ("sent", "delivered", "opened", "clicked", "bounced_hard", "bounced_soft",
+                                    "complained")} == {
+        "sent": 8, "delivered": 3, "opened": 2, "clicked": 1, "bounced_hard": 1, "bounced_soft": 1, "complained": 0}
+    assert figures["click_rate"] == 1 / 3 and figures["delivered_rate"] == 3 / 8
+    [top] = figures["top_links"]
+    assert top["clicks"] == 1 and top["link"].startswith("https://")
+    table = subprocess.run([*COMMAND, "stats", EXAMPLE.name], env=env, capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "opens (approximate)" in table.stdout, table.stderr
