@@ -20,7 +20,7 @@ from newsletter.subscribers import Consent, ConsentMethod, Subscribers
 from newsletter.web import create_app
 
 from .conftest import TEST_KEY
-from .test_browser import COLOURS, OVERFLOW, browser, contrast, show  # noqa: F401
+from .test_browser import COLOURS, OVERFLOW, browser, contrast, screenshot, show  # noqa: F401
 from .test_browser_archive import WATCH_CSP
 from .test_stats import ARTICLE, message_ids, report
 from .test_web_archive import digest_text
@@ -155,14 +155,9 @@ def test_text_and_charts_are_readable_in_light_and_dark(admin, stats_site, name,
     assert marks and all(contrast(mark, background) >= 3 for mark in marks), marks  # WCAG's 3:1 for graphics
 
 
-def test_a_screenshot_of_each_page(admin, stats_site, tmp_path):
+def test_a_screenshot_of_each_page(admin, stats_site):
     for name, url in pages(stats_site).items():
-        for dark in (False, True):
-            show(admin, url, 375, dark=dark)
-            height = admin.execute_script("return document.documentElement.scrollHeight")
-            admin.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-                "width": 375, "height": min(height, 8000), "deviceScaleFactor": 1, "mobile": True})
-            path = tmp_path / f"stats-{name}-375-{'dark' if dark else 'light'}.png"
-            admin.save_screenshot(str(path))
+        for width, dark in ((375, False), (375, True), (1280, False)):
+            show(admin, url, width, dark=dark)
+            path = screenshot(admin, f"stats-{name}-{width}-{'dark' if dark else 'light'}")
             assert path.stat().st_size > 10_000
-            print(f"screenshot: {path}")

@@ -6,6 +6,7 @@
     signup    /subscribe, /confirm/SIGNED (double opt-in)
     archive   /issues/, /issues/SLUG, /feed.xml
     webhooks  /webhooks/resend (Resend's signed reports: delivered, bounced, complained, ...)
+    stats     /stats, /stats/ISSUE (how each issue did; behind a login, off without one)
 
 plus `/healthz`. `newsletter serve` runs it under waitress. The app never migrates the database:
 a schema that is not current stops it at start with the command to run.
