@@ -89,6 +89,18 @@ def stats_site(tmp_path_factory, session_settings):
     subs.close()
 
 
+def test_without_the_login_the_browser_is_asked_for_it_and_sees_no_figures(browser, stats_site):
+    """Runs before `admin` logs the shared browser in: the pages answer 401 to a browser too."""
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
+    for url in pages(stats_site).values():
+        show(browser, url, 1280)
+        status = browser.execute_script("return performance.getEntriesByType('navigation')[0].responseStatus")
+        assert status == 401
+        assert stats_site[1] not in browser.page_source  # no issue named, no figure shown
+        assert not browser.find_elements("css selector", "svg, table")
+
+
 @pytest.fixture(scope="module")
 def admin(browser):
     """The browser, logged in (HTTP Basic, sent with every request) and watching for CSP violations."""
