@@ -50,6 +50,10 @@ def stats(app: App, target: str | None, fmt: str, readers: bool) -> None:
         write_weeks(weeks, fmt, names)
     elif target is None:
         write_issues(numbers.issues(), fmt, tracked)
+        unmatched = numbers.unmatched() if fmt == "table" else {}
+        if unmatched:
+            click.echo(f"and {sum(unmatched.values())} reports about emails no issue sent: "
+                       + ", ".join(f"{kind} {n}" for kind, n in unmatched.items()))
     else:
         figures = numbers.run(int(target)) if target.isdigit() else find_issue(numbers, target)
         run_id = int(target) if target.isdigit() else None

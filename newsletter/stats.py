@@ -164,6 +164,15 @@ class Stats:
                 .group_by(link).order_by(clicks.desc(), link).limit(limit)).all()
         return [LinkClicks(row.link, row.clicks, self._link_label(row.link, slug or "")) for row in rows]
 
+    def unmatched(self) -> dict[str, int]:
+        """Reports about emails no run of ours sent and no reader of ours received (another
+        program's mail through the same account, `newsletter webhooks test`), by kind."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(reports.c.kind, sa.func.count()).where(
+                reports.c.delivery_id.is_(None), reports.c.reader_id.is_(None))
+                .group_by(reports.c.kind).order_by(reports.c.kind)).all()
+        return {kind: number for kind, number in rows}
+
     def readers_by_week(self, categories: tuple[str, ...] = (), *, today: dt.date | None = None) -> list[ReaderWeek]:
         return readers_by_week(self.engine, categories, today=today)
 

@@ -325,3 +325,18 @@ def test_admin_password_prints_a_hash_of_the_password_typed_twice(run, monkeypat
     assert "NEWSLETTER_ADMIN_PASSWORD_HASH" in result.err
     monkeypatch.setattr("sys.stdin", io.StringIO("short\nshort\n"))
     assert run("admin-password").code == 1
+
+
+def test_reports_about_emails_no_issue_sent_are_counted(sent, run, db_url, session_settings):
+    from newsletter.reports import Report, Reports
+
+    assert "no issue sent" not in run("stats").out
+    subs = Subscribers.open(db_url, session_settings.categories)
+    reports_ = Reports(subs.engine)
+    for n, kind in enumerate(["delivered", "delivered", "bounced"]):
+        reports_.record(Report("resend", f"msg_other_{n}", kind, f"re_someone_elses_{n}"))
+    subs.close()
+    table = run("stats")
+    assert table.code == 0
+    assert table.out.splitlines()[-1] == "and 3 reports about emails no issue sent: bounced 1, delivered 2"
+    assert run("stats", "--format", "json").out.lstrip().startswith("[")  # the list of issues alone
