@@ -148,7 +148,8 @@ def contrast(fg, bg) -> float:
     return (lighter + 0.05) / (darker + 0.05)
 
 
-COLOURS = """
+# A colour as [r, g, b], and the background an element is drawn on (its own or an ancestor's).
+BACKGROUND = """
 function rgb(s) { return s.match(/\\d+/g).slice(0, 3).map(Number); }
 function background(el) {
   for (; el; el = el.parentElement) {
@@ -157,7 +158,8 @@ function background(el) {
   }
   return [255, 255, 255];
 }
-return Array.from(document.querySelectorAll(arguments[0])).map(el =>
+"""
+COLOURS = BACKGROUND + """return Array.from(document.querySelectorAll(arguments[0])).map(el =>
   [el.tagName + '.' + el.className, rgb(getComputedStyle(el).color), background(el)]);
 """
 

@@ -20,7 +20,7 @@ from newsletter.subscribers import Consent, ConsentMethod, Subscribers
 from newsletter.web import create_app
 
 from .conftest import TEST_KEY
-from .test_browser import COLOURS, OVERFLOW, browser, contrast, screenshot, show  # noqa: F401
+from .test_browser import BACKGROUND, COLOURS, OVERFLOW, browser, contrast, screenshot, show  # noqa: F401
 from .test_browser_archive import WATCH_CSP
 from .test_stats import ARTICLE, message_ids, report
 from .test_web_archive import digest_text
@@ -30,15 +30,7 @@ PASSWORD = "correct horse battery staple"
 ISSUES = 3
 TOPICS = 5  # four categories and "every story"
 # The fill of SVG text, the colour of other text, each against the background it sits on.
-TEXT_COLOURS = """
-function rgb(s) { return s.match(/\\d+/g).slice(0, 3).map(Number); }
-function background(el) {
-  for (; el; el = el.parentElement) {
-    const c = getComputedStyle(el).backgroundColor;
-    if (c && c !== 'rgba(0, 0, 0, 0)' && c !== 'transparent') return rgb(c);
-  }
-  return [255, 255, 255];
-}
+TEXT_COLOURS = BACKGROUND + """
 return Array.from(document.querySelectorAll(arguments[0])).map(el => {
   const style = getComputedStyle(el), svg = el instanceof SVGElement;
   return [el.tagName + '.' + el.className.baseVal, rgb(svg ? style.fill : style.color), background(el)];
