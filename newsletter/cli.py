@@ -220,4 +220,4 @@ def run() -> None:
     sys.exit(main())
 
 
-from . import cli_bounces, cli_schedule, cli_send, cli_stats, cli_subscribers, cli_web, cli_webhooks  # noqa: E402,F401  (register their commands)
+from . import cli_bounces, cli_schedule, cli_send, cli_stats, cli_subscribers, cli_web, cli_webhooks, cli_worker  # noqa: E402,F401  (register their commands)

@@ -27,6 +27,22 @@ def describe_variant(app: App, key: str) -> str:
     return sending.describe_variant(app.settings, key)
 
 
+WORKERS = click.option("--workers", type=click.IntRange(0, 64), default=1, show_default=True,
+                       help="Senders in this process; 0 leaves the sending to `newsletter worker` "
+                            "processes (PostgreSQL).")
+
+
+def check_workers(app: App, workers: int) -> None:
+    """Anything but one sender needs PostgreSQL: said before any question."""
+    if workers != 1 and app.subscribers.engine.dialect.name != "postgresql":
+        raise click.UsageError(f"--workers {workers} needs PostgreSQL: on SQLite this process sends the run")
+
+
+def left_to_workers(run: Run) -> None:
+    click.echo(f"run {run.id} is left to `newsletter worker` processes; `newsletter runs {run.id}` "
+               "shows how far they are")
+
+
 def provider_for(app: App) -> Provider:
     if app.settings.provider is None:
         click.echo(f"no provider configured: writing .eml files to {shown_path(app.settings.outbox_dir)} "
@@ -41,10 +57,13 @@ def provider_for(app: App) -> Provider:
 @click.option("--test", "test_to", multiple=True, metavar="EMAIL",
               help="Send one copy of each variant to EMAIL only, outside the ledger; repeatable.")
 @click.option("--again", is_flag=True, help="Send an issue that was already sent, to everyone, again.")
+@WORKERS
 @pass_app
-def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...], again: bool) -> None:
+def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...], again: bool,
+         workers: int) -> None:
     """Send digest FILE to every active reader whose categories it covers."""
     settings = app.settings
+    check_workers(app, workers)
     check_provider(settings)  # a dry run says what the real send would fail on, before any question
     digest = load_digest(file, settings)
     for warning in digest.warnings:
@@ -54,7 +73,7 @@ def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...
     due = sending.plan_run(digest, app.subscribers, ledger if in_ledger else None, again=again)
     show_plan(app, digest.title, due, settings.provider or "outbox")
     if due.had_it:
-        click.echo(f"{plural(len(due.had_it), 'reader')} had this issue from a cancelled run: left out "
+        click.echo(f"{plural(due.had_it, 'reader')} had this issue from a cancelled run: left out "
                    "(--again sends to everyone)")
     variants = sending.prepare_variants(settings, digest, due)
     if test_to:
@@ -67,13 +86,16 @@ def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...
         return
     due.check_someone_due()
     if not yes:
-        click.confirm(f"Send \"{digest.title}\" to {plural(len(due.recipients), 'reader')}?", abort=True)
+        click.confirm(f"Send \"{digest.title}\" to {plural(due.total, 'reader')}?", abort=True)
     provider = provider_for(app)  # before the run exists: a provider that cannot be made leaves none
     try:
         run, _, _ = sending.start_run(settings, digest, app.subscribers, ledger, again=again,
                                       provider=provider.name, due=due, variants=variants)
         click.echo(f"run {run.id} started")
-        deliver(app, ledger, provider, run, digest, variants)
+        if not workers:
+            left_to_workers(run)
+            return
+        deliver(app, ledger, provider, run, digest, variants, senders=workers)
     finally:
         provider.close()
 
@@ -82,7 +104,7 @@ def show_plan(app: App, subject: str, due: Plan, provider: str) -> None:
     table = Table("variant", "readers", box=None)
     for key, count in due.per_variant.items():
         table.add_row(describe_variant(app, key), str(count))
-    table.add_row("total", str(len(due.recipients)), style="bold")
+    table.add_row("total", str(due.total), style="bold")
     click.echo(f"subject:  {subject}\nprovider: {provider}")
     Console(width=120, file=sys.stdout).print(table)
     if due.not_due:
@@ -101,7 +123,7 @@ def send_tests(app: App, digest: Digest, variants: dict[str, Variant], addresses
 
 
 def deliver(app: App, ledger: Ledger, provider: Provider, run: Run, digest: Digest,
-            variants: dict[str, Variant]) -> None:
+            variants: dict[str, Variant], senders: int = 1) -> None:
     """Send a run with a progress bar, then report; Ctrl-C pauses after the batch in flight."""
     stop = threading.Event()
 
@@ -124,7 +146,7 @@ def deliver(app: App, ledger: Ledger, provider: Provider, run: Run, digest: Dige
                 bar.update(task, total=p.total, completed=p.done,
                            detail=f"sent {p.sent} failed {p.failed} skipped {p.skipped} {rate:,.0f}/s")
             run = sending.deliver(app.settings, ledger, run, digest, variants, provider=provider,
-                                  on_progress=on_progress, stop=stop)
+                                  on_progress=on_progress, stop=stop, senders=senders)
     except KeyboardInterrupt:  # the second Ctrl-C: the run keeps its batch in flight, and resume sends it
         click.secho(f"stopped at once: run {run.id} is not finished. Resume with `newsletter resume {run.id}`",
                     fg="yellow", err=True)
@@ -154,9 +176,11 @@ def report(ledger: Ledger, run: Run, seconds: float) -> None:
 @cli.command()
 @click.argument("run_id", type=int)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@WORKERS
 @pass_app
-def resume(app: App, run_id: int, yes: bool) -> None:
+def resume(app: App, run_id: int, yes: bool, workers: int) -> None:
     """Go on with send run RUN_ID after a pause, a crash or a provider failure."""
+    check_workers(app, workers)
     ledger = Ledger(app.subscribers.engine)
     run, digest, variants = sending.reopen_run(app.settings, ledger, run_id)
     check_provider(app.settings)  # what the resume would fail on, before the question
@@ -165,9 +189,13 @@ def resume(app: App, run_id: int, yes: bool) -> None:
     left = counts["queued"] + counts["sending"]
     if not yes:
         click.confirm(f"Resume run {run.id} ({run.issue}): {plural(left, 'reader')} left?", abort=True)
+    if not workers:
+        ledger.set_status(run.id, RunStatus.SENDING)
+        left_to_workers(run)
+        return
     provider = provider_for(app)
     try:
-        deliver(app, ledger, provider, run, digest, variants)  # refuses a provider other than the run's
+        deliver(app, ledger, provider, run, digest, variants, senders=workers)  # refuses a provider other than the run's
     finally:
         provider.close()
 
@@ -234,5 +262,25 @@ def runs_show(app: App, run_id: int) -> None:
                    f"(retry {run.auto_retries + 1} of {len(BACKOFF)})")
     elif run.status == RunStatus.PAUSED:
         click.echo(f"paused until someone resumes it: `newsletter resume {run.id}`")
+    show_workers(app, ledger, run)
     for email, state, reason in ledger.problems(run.id):
         click.echo(f"{state}: {email or '(erased reader)'}: {reason}")
+
+
+def show_workers(app: App, ledger: Ledger, run: Run) -> None:
+    """The processes that took part in the run: what each sent, and whether it is still at work."""
+    from .store import utcnow
+    from .workers import is_live
+
+    workers = ledger.workers(run.id)
+    if not workers:
+        return
+    now = utcnow()
+    live = [w for w in workers if is_live(w, app.settings.batch_lease, now)]
+    click.echo(f"{plural(len(workers), 'process', 'processes')} took part, {len(live)} at work now:")
+    table = Table("sender", "sent", "failed", "requests", "batches held", "last seen", "", box=None)
+    for w in workers:
+        state = "at work" if w in live else ("left" if w.left_at else "gone")
+        table.add_row(w.owner, str(w.sent), str(w.failed), str(w.requests), str(w.batches),
+                      f"{w.seen_at:%Y-%m-%d %H:%M:%S}", state)
+    Console(width=160, file=sys.stdout).print(table)

@@ -58,6 +58,9 @@ class Settings:
     batch_size: int = 100  # emails per provider request (Resend's batch limit is 100)
     max_failures: int = 8  # consecutive failed requests before a run pauses
     request_timeout: float = 30.0  # seconds
+    # Seconds a sender holds a batch it claimed (renewed while the batch is retried): a batch of
+    # a worker that died is taken over by another once its lease has run out.
+    batch_lease: float = 120.0
     smtp_host: str = "localhost"
     smtp_port: int = 587
     smtp_security: str = "starttls"  # starttls | ssl | none
@@ -114,6 +117,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "batch_size": ("NEWSLETTER_BATCH_SIZE", "count:1,100"),
     "max_failures": ("NEWSLETTER_MAX_FAILURES", "count:1,1000"),
     "request_timeout": ("NEWSLETTER_REQUEST_TIMEOUT", "number"),
+    "batch_lease": ("NEWSLETTER_BATCH_LEASE", "number"),
     "smtp_host": ("NEWSLETTER_SMTP_HOST", "text"),
     "smtp_port": ("NEWSLETTER_SMTP_PORT", "count:1,65535"),
     "smtp_security": ("NEWSLETTER_SMTP_SECURITY", "choice:starttls,ssl,none"),
@@ -179,6 +183,10 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             raise ConfigError(f"{config_path} not found, and ${KEYS[key][0]} is not set "
                               "(run where newsletter.toml is, or pass --config)", key=key)
         raise ConfigError(f"missing key '{key}'", path=config_path, key=key)
+    lease, timeout = values.get("batch_lease", Settings.batch_lease), values.get("request_timeout", Settings.request_timeout)
+    if lease <= timeout:  # a worker waiting on its request would lose the batch it is sending
+        raise ConfigError(f"batch_lease ({lease:g} s) must be longer than request_timeout ({timeout:g} s)",
+                          path=config_path, key="batch_lease")
     return Settings(**values, config_path=config_path if config_path.exists() else None)
 
 

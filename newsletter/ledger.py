@@ -13,13 +13,15 @@ import hashlib
 import os
 import socket
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .errors import RunBusy, RunNotFound, RunUnfinished, SendError, StoreConflict
-from .store import deliveries, insert_many, readers, send_runs, update_many, utcnow
+from .store import (UTCDateTime, deliveries, insert_many, reader_categories, readers, run_workers, send_batches,
+                    send_runs, update_many, utcnow)
 from .subscribers import Status
 
 MAX_ATTEMPTS = 3  # temporary refusals of one message before it counts as failed
@@ -74,6 +76,78 @@ class Batch:
     key: str  # the idempotency key: the run and the deliveries, so a retry is the same request
     recipients: list[Recipient]
     skipped: int = 0  # deliveries skipped while claiming it (readers who left)
+    taken_over: bool = False  # claimed before by a process that stopped: the same request again
+    run_id: int | None = None
+
+
+@dataclass
+class RunWorker:
+    """A process that took part in a run."""
+
+    owner: str  # host:pid
+    sent: int
+    failed: int
+    requests: int
+    started_at: dt.datetime
+    seen_at: dt.datetime
+    left_at: dt.datetime | None
+    batches: int  # batches it holds a live lease on now
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who a new run of an issue is for, as the database computes it: every active reader the
+    issue has a story for, with the variant they get (see `send.variant_for`, which this follows
+    rule for rule), less the readers an earlier run of the issue reached (`leave_out`: the
+    issue's slug, or None to send to everyone)."""
+
+    categories: tuple[str, ...]  # the categories the issue's stories carry
+    open_story: bool  # some story is for everyone
+    all_key: str  # the variant of readers with no categories
+    none_key: str  # the variant of readers whose categories the issue has none of
+    leave_out: str | None = None
+
+    def source(self):
+        return readers.outerjoin(self.chosen, self.chosen.c.reader_id == readers.c.id)
+
+    def columns(self):
+        chosen = self.chosen
+        kept = sa.literal("")
+        for i, slug in enumerate(sorted(self.categories)):  # sorted: the key lists them in order
+            kept = kept + sa.case((chosen.c[f"k{i}"] == 1, sa.literal(slug + "+")), else_=sa.literal(""))
+        kept = sa.func.rtrim(kept, "+")  # slugs never end in "+"
+        variant = sa.case((chosen.c.n.is_(None), sa.literal(self.all_key)), (kept != "", kept),
+                          else_=sa.literal(self.none_key))
+        return readers.c.id, variant
+
+    def wanted(self):
+        """Active readers the issue has a story for."""
+        chosen = self.chosen
+        some = sa.or_(*[chosen.c[f"k{i}"] == 1 for i in range(len(self.categories))], sa.false())
+        return sa.and_(readers.c.status == Status.ACTIVE.value,
+                       sa.or_(chosen.c.n.is_(None), some, sa.literal(self.open_story)))
+
+    def new(self):
+        """Readers no earlier run of the issue reached, or may have (see `Ledger.had_it`)."""
+        if self.leave_out is None:
+            return sa.true()
+        earlier = deliveries.alias("earlier")
+        return ~sa.exists().where(
+            earlier.c.reader_id == readers.c.id,
+            earlier.c.run_id.in_(sa.select(send_runs.c.id).where(send_runs.c.issue == self.leave_out)),
+            sa.or_(earlier.c.state == State.SENT.value,
+                   sa.and_(earlier.c.state == State.FAILED.value, earlier.c.batch_key.is_not(None))))
+
+    def due(self):
+        return sa.and_(self.wanted(), self.new())
+
+    @cached_property
+    def chosen(self):
+        """Per reader with categories: how many, and whether each of the issue's is among them."""
+        chosen = [sa.func.max(sa.case((reader_categories.c.category == slug, 1), else_=0)).label(f"k{i}")
+                  for i, slug in enumerate(sorted(self.categories))]
+        return (sa.select(reader_categories.c.reader_id, sa.func.count().label("n"), *chosen)
+                .group_by(reader_categories.c.reader_id).subquery("chosen"))
 
 
 def _owner() -> str:
@@ -90,8 +164,12 @@ class Ledger:
     # -- runs ------------------------------------------------------------------------------------
 
     def create_run(self, *, issue: str, digest_path: str, digest_sha256: str, settings_sha256: str,
-                   subject: str, provider: str, recipients: Iterable[tuple[int, str]]) -> Run:
-        """A run and one queued delivery per (reader id, variant), in one transaction."""
+                   subject: str, provider: str, audience: "Audience | None" = None,
+                   recipients: Iterable[tuple[int, str]] = ()) -> Run:
+        """A run and one queued delivery per reader it is for, in one transaction: every reader of
+        `audience`, copied by the database from the readers table in one statement (the list never
+        passes through this process, however long it is), or the (reader id, variant) pairs of
+        `recipients`."""
         now = utcnow()
         try:
             with self.engine.begin() as conn:
@@ -99,9 +177,16 @@ class Ledger:
                     issue=issue, digest_path=digest_path, digest_sha256=digest_sha256,
                     settings_sha256=settings_sha256, subject=subject, provider=provider,
                     status=RunStatus.SENDING.value, created_at=now, updated_at=now)).inserted_primary_key[0]
+                if audience is not None:
+                    reader_id, variant = audience.columns()
+                    rows = (sa.select(sa.literal(run_id), reader_id, variant, sa.literal(State.QUEUED.value),
+                                      sa.literal(0), sa.literal(now, UTCDateTime()))
+                            .select_from(audience.source()).where(audience.due()).order_by(reader_id))
+                    conn.execute(sa.insert(deliveries).from_select(
+                        ["run_id", "reader_id", "variant", "state", "attempts", "updated_at"], rows))
                 chunk: list[dict] = []
-                for reader_id, variant in recipients:
-                    chunk.append({"run_id": run_id, "reader_id": reader_id, "variant": variant,
+                for reader, variant in recipients:
+                    chunk.append({"run_id": run_id, "reader_id": reader, "variant": variant,
                                   "state": State.QUEUED.value, "attempts": 0, "updated_at": now})
                     if len(chunk) == 5000:
                         insert_many(conn, deliveries, chunk)
@@ -112,6 +197,22 @@ class Ledger:
             raise RunUnfinished(f"another run of {issue} was started at the same moment; see "
                                 "`newsletter runs`", run_id=other[-1] if other else None) from None
         return self.run(run_id)
+
+    def count_audience(self, audience: "Audience") -> tuple[dict[str, int], int, int]:
+        """Readers per variant, active readers none of whose categories the issue has, and due
+        readers left out because an earlier run of the issue reached them: counted by the
+        database, as `create_run` would copy them now."""
+        reader_id, variant = audience.columns()
+        with self.engine.connect() as conn:
+            per_variant = dict(conn.execute(sa.select(variant, sa.func.count()).select_from(audience.source())
+                                            .where(audience.due()).group_by(variant)).all())
+            not_due = conn.execute(sa.select(sa.func.count()).select_from(audience.source())
+                                   .where(~audience.wanted())).scalar_one()
+            had_it = 0
+            if audience.leave_out is not None:
+                had_it = conn.execute(sa.select(sa.func.count()).select_from(audience.source())
+                                      .where(audience.wanted(), ~audience.new())).scalar_one()
+        return dict(sorted(per_variant.items())), not_due, had_it
 
     def run(self, run_id: int) -> Run:
         with self.engine.connect() as conn:
@@ -135,6 +236,8 @@ class Ledger:
                   "pause_transient": transient and status == RunStatus.PAUSED}
         if status == RunStatus.FINISHED:
             values["finished_at"] = now
+        if status == RunStatus.SENDING:  # started or resumed: a streak of failures starts afresh
+            values["failures"] = 0
         with self.engine.begin() as conn:
             conn.execute(sa.update(send_runs).where(send_runs.c.id == run_id).values(**values))
 
@@ -203,122 +306,265 @@ class Ledger:
                                      .distinct().order_by(deliveries.c.variant)).scalars())
 
     # -- batches ---------------------------------------------------------------------------------
+    #
+    # A batch is claimed in one transaction: its deliveries become `sending` under its key and a
+    # `send_batches` row leases it to this process until `lease_until`, all committed before the
+    # provider sees it. On PostgreSQL the queued rows are read `FOR UPDATE SKIP LOCKED`, so
+    # processes claiming at the same moment each get rows of their own, without waiting for one
+    # another; SQLite has one writer at a time (and one sender per run: see `acquire`). A batch
+    # whose lease ran out belongs to a process that died mid-request: the next claim takes it
+    # over and sends it again as it was, under the same idempotency key.
 
-    def in_flight(self, run_id: int) -> list[Batch]:
-        """Batches claimed before a stop and never answered. Those older than an idempotency key
-        lives are marked failed: sending them again could deliver twice."""
-        now = utcnow()
-        batches: dict[str, Batch] = {}
-        stale: list[int] = []
-        with self.engine.begin() as conn:
-            # The address and token the batch went out with, not the reader's current ones: the
-            # same request again is what makes the idempotency key work.
-            rows = conn.execute(
-                sa.select(deliveries.c.id, deliveries.c.batch_key, deliveries.c.variant,
-                          deliveries.c.updated_at, deliveries.c.email, readers.c.name, deliveries.c.token)
-                .select_from(deliveries.outerjoin(readers, readers.c.id == deliveries.c.reader_id))
-                .where(deliveries.c.run_id == run_id, deliveries.c.state == State.SENDING.value)
-                .order_by(deliveries.c.id)).all()
-            erased: list[int] = []
-            for row in rows:
-                if row.email is None:
-                    erased.append(row.id)
-                    continue
-                if row.updated_at < now - KEY_LIFETIME:
-                    stale.append(row.id)
-                    continue
-                batch = batches.setdefault(row.batch_key, Batch(row.batch_key, []))
-                batch.recipients.append(Recipient(row.id, row.email, row.name, row.token, row.variant))
-            if erased:
-                conn.execute(sa.update(deliveries).where(deliveries.c.id.in_(erased)).values(
-                    state=State.SKIPPED.value, reason="the reader was erased", updated_at=now))
-            if stale:  # failed with its batch key kept: see `had_it`
-                conn.execute(sa.update(deliveries).where(deliveries.c.id.in_(stale)).values(
-                    state=State.FAILED.value, updated_at=now, email=None, token=None,
-                    reason=f"in flight when the run stopped over 23 hours ago: it {MAYBE_DELIVERED}"))
-        return list(batches.values())
-
-    def claim(self, run_id: int, size: int) -> Batch | None:
-        """The next queued deliveries whose readers are still active, marked `sending` and
-        committed before anything is sent. Readers who left meanwhile are skipped."""
+    def claim(self, run_id: int, size: int, lease: float = 300.0) -> Batch | None:
+        """The next batch to send: first one whose lease ran out, else the next queued deliveries
+        whose readers are still active (readers who left meanwhile are skipped). None when there is
+        nothing to claim now; other processes may still hold batches (see `unfinished`)."""
         skipped_total = 0
         while True:
             now = utcnow()
+            until = now + dt.timedelta(seconds=lease)
             with self.engine.begin() as conn:
+                taken = self._take_over(conn, run_id, now, until)
+                if taken is not None:
+                    taken.skipped, taken.run_id = skipped_total, run_id
+                    return taken
                 rows = conn.execute(
-                    sa.select(deliveries.c.id, deliveries.c.variant, readers.c.email, readers.c.name,
-                              readers.c.token, readers.c.status)
-                    .select_from(deliveries.outerjoin(readers, readers.c.id == deliveries.c.reader_id))
+                    sa.select(deliveries.c.id, deliveries.c.variant, deliveries.c.reader_id)
                     .where(deliveries.c.run_id == run_id, deliveries.c.state == State.QUEUED.value)
-                    .order_by(deliveries.c.id).limit(size)).all()
+                    .order_by(deliveries.c.id).limit(size)
+                    .with_for_update(skip_locked=True)).all()
                 if not rows:
-                    return Batch("", [], skipped=skipped_total) if skipped_total else None
-                skipped = [{"i": r.id, "reason": "the reader was erased" if r.status is None else
-                            f"the reader is {r.status}"} for r in rows if r.status != Status.ACTIVE.value]
+                    return Batch("", [], skipped=skipped_total, run_id=run_id) if skipped_total else None
+                found = {r.id: r for r in conn.execute(
+                    sa.select(readers.c.id, readers.c.email, readers.c.name, readers.c.token, readers.c.status)
+                    .where(readers.c.id.in_([r.reader_id for r in rows if r.reader_id is not None])))}
+                active, skipped = [], []
+                for row in rows:
+                    reader = found.get(row.reader_id)
+                    if reader is not None and reader.status == Status.ACTIVE.value:
+                        active.append((row, reader))
+                    else:
+                        skipped.append({"delivery": row.id, "why": "the reader was erased" if reader is None
+                                        else f"the reader is {reader.status}"})
                 if skipped:
-                    conn.execute(sa.update(deliveries).where(deliveries.c.id == sa.bindparam("i")).values(
-                        state=State.SKIPPED.value, reason=sa.bindparam("reason"), updated_at=now), skipped)
+                    conn.execute(sa.update(deliveries).where(deliveries.c.id == sa.bindparam("delivery")).values(
+                        state=State.SKIPPED.value, reason=sa.bindparam("why"), updated_at=now), skipped)
                 skipped_total += len(skipped)
-                active = [r for r in rows if r.status == Status.ACTIVE.value]
                 if not active:
                     continue
-                ids = [r.id for r in active]
+                ids = [row.id for row, _ in active]
                 key = f"nl-{run_id}-{hashlib.sha256(','.join(map(str, ids)).encode()).hexdigest()[:24]}"
-                # Every queued delivery up to the last one read is in this batch (the readers who
-                # left were just marked skipped). Each keeps the address and token it goes out with.
+                # Each delivery keeps the address and token it goes out with: sent again after a
+                # stop, the batch must be the very same request.
                 claimed = conn.execute(sa.update(deliveries).where(
-                    deliveries.c.run_id == run_id, deliveries.c.state == State.QUEUED.value,
-                    deliveries.c.id <= ids[-1]).values(
+                    deliveries.c.id.in_(ids), deliveries.c.state == State.QUEUED.value).values(
                     state=State.SENDING.value, batch_key=key, updated_at=now,
                     email=sa.select(readers.c.email).where(readers.c.id == deliveries.c.reader_id).scalar_subquery(),
                     token=sa.select(readers.c.token).where(readers.c.id == deliveries.c.reader_id).scalar_subquery(),
                 )).rowcount
                 if claimed != len(ids):  # another sender got here first: never send what it took
                     raise RunBusy(f"another process is sending run {run_id}; this one stops", run_id=run_id)
-                return Batch(key, [Recipient(r.id, r.email, r.name, r.token, r.variant) for r in active],
-                             skipped=skipped_total)
+                conn.execute(sa.insert(send_batches).values(key=key, run_id=run_id, owner=self.owner,
+                                                            lease_until=until, claimed_at=now))
+                return Batch(key, [Recipient(row.id, reader.email, reader.name, reader.token, row.variant)
+                                   for row, reader in active], skipped=skipped_total, run_id=run_id)
+
+    def _take_over(self, conn: sa.Connection, run_id: int, now: dt.datetime, until: dt.datetime) -> Batch | None:
+        """A batch of the run whose lease ran out, leased to this process now, as it was sent.
+        Those claimed longer ago than an idempotency key lives are marked failed instead:
+        sending them again could deliver twice."""
+        while True:
+            row = conn.execute(sa.select(send_batches.c.key, send_batches.c.claimed_at).where(
+                send_batches.c.run_id == run_id, send_batches.c.lease_until < now)
+                .order_by(send_batches.c.claimed_at).limit(1).with_for_update(skip_locked=True)).first()
+            if row is None:
+                return None
+            in_batch = sa.and_(deliveries.c.batch_key == row.key, deliveries.c.state == State.SENDING.value)
+            if row.claimed_at < now - KEY_LIFETIME:  # failed with its batch key kept: see `had_it`
+                conn.execute(sa.update(deliveries).where(in_batch).values(
+                    state=State.FAILED.value, updated_at=now, email=None, token=None,
+                    reason=f"in flight when the run stopped over 23 hours ago: it {MAYBE_DELIVERED}"))
+                conn.execute(sa.delete(send_batches).where(send_batches.c.key == row.key))
+                continue
+            # The address and token the batch went out with, not the reader's current ones: the
+            # same request again is what makes the idempotency key work.
+            members = conn.execute(
+                sa.select(deliveries.c.id, deliveries.c.variant, deliveries.c.email, readers.c.name,
+                          deliveries.c.token)
+                .select_from(deliveries.outerjoin(readers, readers.c.id == deliveries.c.reader_id))
+                .where(in_batch).order_by(deliveries.c.id)).all()
+            erased = [m.id for m in members if m.email is None]
+            if erased:
+                conn.execute(sa.update(deliveries).where(deliveries.c.id.in_(erased)).values(
+                    state=State.SKIPPED.value, reason="the reader was erased", updated_at=now))
+            recipients = [Recipient(m.id, m.email, m.name, m.token, m.variant) for m in members if m.email]
+            if not recipients:
+                conn.execute(sa.delete(send_batches).where(send_batches.c.key == row.key))
+                continue
+            conn.execute(sa.update(send_batches).where(send_batches.c.key == row.key).values(
+                owner=self.owner, lease_until=until))
+            return Batch(row.key, recipients, taken_over=True)
+
+    def expire_batches(self, run_id: int, *, everyone: bool = False) -> int:
+        """End the leases of batches held by processes of this machine that are no longer
+        running (all of the run's batches with `everyone`, for a sender that holds the run), so the
+        next claim takes them over at once instead of when their lease runs out."""
+        with self.engine.begin() as conn:
+            owners = conn.execute(sa.select(send_batches.c.owner).distinct()
+                                  .where(send_batches.c.run_id == run_id)).scalars().all()
+            gone = [o for o in owners if everyone or _dead_here(o)]
+            if not gone:
+                return 0
+            return conn.execute(sa.update(send_batches).where(
+                send_batches.c.run_id == run_id, send_batches.c.owner.in_(gone)).values(
+                lease_until=utcnow() - dt.timedelta(seconds=1))).rowcount
+
+    def give_up(self, run_id: int) -> None:
+        """End the leases this process holds on the run's batches: it stops without answering them."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(send_batches).where(
+                send_batches.c.run_id == run_id, send_batches.c.owner == self.owner).values(
+                lease_until=utcnow() - dt.timedelta(seconds=1)))
+
+    def renew(self, batch: Batch, lease: float) -> bool:
+        """Keep the lease on `batch` while it is retried; False if another process took it over."""
+        with self.engine.begin() as conn:
+            return conn.execute(sa.update(send_batches).where(
+                send_batches.c.key == batch.key, send_batches.c.owner == self.owner).values(
+                lease_until=utcnow() + dt.timedelta(seconds=lease))).rowcount == 1
 
     def record(self, batch: Batch, outcomes: list) -> tuple[int, int]:
         """What the provider said, per message: (sent, failed). A temporary refusal goes back to
-        the queue, and fails after MAX_ATTEMPTS."""
+        the queue, and fails after MAX_ATTEMPTS. A batch another process already recorded (it
+        took the batch over and got the same answer) changes nothing."""
         now = utcnow()
         sent, failed, again = [], [], []
         for recipient, outcome in zip(batch.recipients, outcomes, strict=True):
             if outcome.ok:
-                sent.append({"i": recipient.delivery_id, "m": outcome.message_id})
+                sent.append({"delivery": recipient.delivery_id, "provider_id": outcome.message_id})
             elif outcome.retry:  # a message never tried does not use up an attempt
-                again.append({"i": recipient.delivery_id, "r": outcome.error, "n": int(outcome.tried)})
+                again.append({"delivery": recipient.delivery_id, "why": outcome.error, "tries": int(outcome.tried)})
             else:
-                failed.append({"i": recipient.delivery_id, "r": outcome.error})
+                failed.append({"delivery": recipient.delivery_id, "why": outcome.error})
         with self.engine.begin() as conn:
-            where = deliveries.c.id == sa.bindparam("i")
+            if not self._answered(conn, batch):
+                return 0, 0
+            where = deliveries.c.id == sa.bindparam("delivery")
             answered = {"email": None, "token": None, "batch_key": None}  # no longer in flight
             if sent:  # the common case, and the hot path: straight to the driver
                 update_many(conn, sa.update(deliveries).where(where).values(
-                    state=State.SENT.value, message_id=sa.bindparam("m"), reason=None, email=None,
+                    state=State.SENT.value, message_id=sa.bindparam("provider_id"), reason=None, email=None,
                     token=None, updated_at=sa.bindparam("now")), [dict(row, now=now) for row in sent])
             if failed:
                 conn.execute(sa.update(deliveries).where(where).values(
-                    state=State.FAILED.value, reason=sa.bindparam("r"), updated_at=now, **answered), failed)
+                    state=State.FAILED.value, reason=sa.bindparam("why"), updated_at=now, **answered), failed)
+            failed_now = 0
             if again:
+                tries = sa.bindparam("tries")
                 conn.execute(sa.update(deliveries).where(where).values(
-                    attempts=deliveries.c.attempts + sa.bindparam("n"), reason=sa.bindparam("r"),
+                    attempts=deliveries.c.attempts + tries, reason=sa.bindparam("why"),
                     updated_at=now, **answered,
-                    state=sa.case((deliveries.c.attempts + sa.bindparam("n") >= MAX_ATTEMPTS, State.FAILED.value),
+                    state=sa.case((deliveries.c.attempts + tries >= MAX_ATTEMPTS, State.FAILED.value),
                                   else_=State.QUEUED.value)), again)
                 failed_now = conn.execute(sa.select(sa.func.count()).where(
-                    deliveries.c.id.in_([a["i"] for a in again]),
+                    deliveries.c.id.in_([a["delivery"] for a in again]),
                     deliveries.c.state == State.FAILED.value)).scalar()
-                return len(sent), len(failed) + failed_now
-        return len(sent), len(failed)
+            self._count(conn, batch.run_id, sent=len(sent), failed=len(failed) + failed_now)
+        return len(sent), len(failed) + failed_now
 
     def requeue(self, batch: Batch) -> None:
         """Back to the queue: the provider refused the whole request, so nothing was delivered."""
         with self.engine.begin() as conn:
+            if not self._answered(conn, batch):
+                return
             conn.execute(sa.update(deliveries).where(
                 deliveries.c.id.in_([r.delivery_id for r in batch.recipients]),
                 deliveries.c.state == State.SENDING.value).values(
                 state=State.QUEUED.value, batch_key=None, email=None, token=None, updated_at=utcnow()))
+
+    @staticmethod
+    def _answered(conn: sa.Connection, batch: Batch) -> bool:
+        """Drop the batch's lease row; False if it was gone: another process answered it first.
+        The delete locks the row, so of two processes answering one batch only one goes on."""
+        return conn.execute(sa.delete(send_batches).where(send_batches.c.key == batch.key)).rowcount == 1
+
+    # -- who takes part in a run -------------------------------------------------------------------
+
+    def join(self, run_id: int) -> None:
+        """This process starts (or goes on) working on the run: `newsletter runs RUN` shows it."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            if not conn.execute(sa.update(run_workers).where(
+                    run_workers.c.run_id == run_id, run_workers.c.owner == self.owner).values(
+                    seen_at=now, left_at=None)).rowcount:
+                conn.execute(sa.insert(run_workers).values(run_id=run_id, owner=self.owner, sent=0, failed=0,
+                                                           requests=0, started_at=now, seen_at=now))
+
+    def leave(self, run_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(run_workers).where(
+                run_workers.c.run_id == run_id, run_workers.c.owner == self.owner).values(left_at=utcnow()))
+
+    def _count(self, conn: sa.Connection, run_id: int, *, sent: int = 0, failed: int = 0) -> None:
+        conn.execute(sa.update(run_workers).where(
+            run_workers.c.run_id == run_id, run_workers.c.owner == self.owner).values(
+            sent=run_workers.c.sent + sent, failed=run_workers.c.failed + failed,
+            requests=run_workers.c.requests + 1, seen_at=utcnow()))
+
+    def workers(self, run_id: int) -> list[RunWorker]:
+        """Every process that took part in the run, with what it sent and whether it still works."""
+        now = utcnow()
+        with self.engine.connect() as conn:
+            holding = dict(conn.execute(sa.select(send_batches.c.owner, sa.func.count())
+                                        .where(send_batches.c.run_id == run_id, send_batches.c.lease_until >= now)
+                                        .group_by(send_batches.c.owner)).all())
+            rows = conn.execute(sa.select(run_workers).where(run_workers.c.run_id == run_id)
+                                .order_by(run_workers.c.started_at)).mappings().all()
+        return [RunWorker(owner=r["owner"], sent=r["sent"], failed=r["failed"], requests=r["requests"],
+                          started_at=r["started_at"], seen_at=r["seen_at"], left_at=r["left_at"],
+                          batches=holding.get(r["owner"], 0)) for r in rows]
+
+    # -- what every process sending a run shares -----------------------------------------------------
+
+    def pause(self, run_id: int, reason: str, *, transient: bool = False) -> bool:
+        """Pause a run that is being sent, for every process sending it: each stops after its
+        batch in flight. False if it was not sending (already paused, finished, ...)."""
+        with self.engine.begin() as conn:
+            return conn.execute(sa.update(send_runs).where(
+                send_runs.c.id == run_id, send_runs.c.status == RunStatus.SENDING.value).values(
+                status=RunStatus.PAUSED.value, reason=reason, pause_transient=transient,
+                updated_at=utcnow())).rowcount == 1
+
+    def failed_request(self, run_id: int) -> int:
+        """Count a failed request in the run's streak (shared by all its senders): the streak now."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(send_runs).where(send_runs.c.id == run_id).values(
+                failures=send_runs.c.failures + 1))
+            return conn.execute(sa.select(send_runs.c.failures).where(send_runs.c.id == run_id)).scalar_one()
+
+    def request_answered(self, run_id: int) -> None:
+        """A request got its answer: the streak of failed ones is over."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(send_runs).where(send_runs.c.id == run_id, send_runs.c.failures > 0)
+                         .values(failures=0))
+
+    def finish(self, run_id: int) -> bool:
+        """Mark the run finished if it is sending and nothing is left to send; True if it is now."""
+        now = utcnow()
+        left = sa.exists().where(deliveries.c.run_id == run_id,
+                                 deliveries.c.state.in_([State.QUEUED.value, State.SENDING.value]))
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(send_runs).where(
+                send_runs.c.id == run_id, send_runs.c.status == RunStatus.SENDING.value, ~left).values(
+                status=RunStatus.FINISHED.value, reason=None, updated_at=now, finished_at=now))
+            return conn.execute(sa.select(send_runs.c.status).where(send_runs.c.id == run_id)).scalar() \
+                == RunStatus.FINISHED.value
+
+    def sending_runs(self) -> list[Run]:
+        """Runs being sent, oldest first: what a worker looks for."""
+        with self.engine.connect() as conn:
+            return [_run(r) for r in conn.execute(sa.select(send_runs).where(
+                send_runs.c.status == RunStatus.SENDING.value).order_by(send_runs.c.id)).mappings()]
 
     def problems(self, run_id: int, limit: int = 1000, states: tuple[State, ...] = (State.FAILED, State.SKIPPED)
                  ) -> list[tuple[str | None, str, str | None]]:
@@ -350,6 +596,8 @@ class Ledger:
                 deliveries.c.run_id == run.id, deliveries.c.state == State.SENDING.value).values(
                 state=State.FAILED.value, email=None, token=None, updated_at=now,
                 reason=f"in flight when the run was cancelled: it {MAYBE_DELIVERED}"))
+            # A worker still sending one of them finds its batch gone and records nothing.
+            conn.execute(sa.delete(send_batches).where(send_batches.c.run_id == run.id))
             conn.execute(sa.update(send_runs).where(send_runs.c.id == run.id).values(
                 status=RunStatus.CANCELLED.value, reason="cancelled by the user", updated_at=now,
                 finished_at=now, lease_owner=None, lease_until=None))
@@ -374,7 +622,9 @@ class Ledger:
 
 
 def _dead_here(owner: str | None) -> bool:
-    host, _, pid = (owner or "").rpartition(":")
+    """Whether `owner` (host:pid, or host:pid/n for a process's nth sender) is a process of this
+    machine that is no longer running."""
+    host, _, pid = (owner or "").partition("/")[0].rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:

@@ -9,6 +9,7 @@ point the batch goes out again under the same idempotency key and is delivered o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import random
@@ -23,9 +24,10 @@ from typing import Callable, Iterable, Iterator
 from .config import Settings, load_secret_key
 from .digest import Digest, load_digest
 from .errors import (AlreadySent, ProviderError, QuotaExceeded, RateLimited, Rejected, RunUnfinished,
-                     SendError, Unavailable)
-from .ledger import Batch, Ledger, Recipient, Run, RunStatus
+                     SendError, StoreError, Unavailable)
+from .ledger import Audience, Batch, Ledger, Recipient, Run, RunStatus
 from .links import Links
+from .pace import Pace
 from .providers import Message, Outcome, Provider, make_provider
 from .providers.mime import to_mime
 from .render import Personal, Renderer, preview_links
@@ -36,6 +38,9 @@ PAUSED_BY_USER = "paused by the user"  # Ctrl-C; left alone until `newsletter re
 PAUSED_BY_SCHEDULER = "paused: the scheduler stopped"  # resumed when the scheduler starts again
 LEASE_SECONDS = 300.0
 MAX_CHECKED_VARIANTS = 64  # `check` renders every possible variant up to this many
+# A provider counts its rate-limit window from when a request reached it, a moment after the
+# request started (`Pace.take`'s slot): its `ratelimit-reset` is counted from then plus this.
+REACHED = 0.025
 HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -82,34 +87,38 @@ def categories_of(variant: str) -> list[str] | None:
 
 @dataclass
 class Plan:
-    """Who is due, per variant, before anything is created."""
+    """Who is due, per variant, before anything is created: counted by the database, which
+    copies the same readers into the run (`Ledger.create_run`) without this process holding them."""
 
-    recipients: list[tuple[int, str]]  # (reader id, variant)
     per_variant: dict[str, int]
     not_due: int  # active readers none of whose categories is in this issue
-    had_it: frozenset[int] = frozenset()  # left out: an earlier, cancelled run delivered to them
+    had_it: int = 0  # left out: an earlier, cancelled run delivered to them
+    audience: Audience | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_variant.values())
 
     def check_someone_due(self) -> None:
         """Refuse a run with no one in it."""
-        if not self.recipients:
+        if not self.total:
             raise SendError("no active reader is due for this issue (see `newsletter subscribers count`)")
 
 
-def plan(digest: Digest, subscribers: Subscribers, had_it: frozenset[int] = frozenset()) -> Plan:
-    """Who is due for `digest`: every active reader it has a story for, except `had_it` (readers an
-    earlier, cancelled run of the issue delivered to)."""
-    digest_cats, open_story = digest_categories(digest)
-    recipients, per_variant, not_due = [], {}, 0
-    for reader_id, categories in subscribers.active_categories():
-        if reader_id in had_it:
-            continue
-        variant = variant_for(categories, digest_cats, open_story)
-        if variant is None:
-            not_due += 1
-            continue
-        recipients.append((reader_id, variant))
-        per_variant[variant] = per_variant.get(variant, 0) + 1
-    return Plan(recipients, dict(sorted(per_variant.items())), not_due, had_it)
+def audience_of(digest: Digest, leave_out: bool = False) -> Audience:
+    """Who a run of `digest` is for (see `variant_for`); `leave_out`: not the readers an earlier
+    run of the issue reached."""
+    cats, open_story = digest_categories(digest)
+    return Audience(tuple(sorted(cats)), open_story, all_key=ALL, none_key="none",
+                    leave_out=digest.slug if leave_out else None)
+
+
+def plan(digest: Digest, ledger: Ledger, leave_out: bool = False) -> Plan:
+    """Who is due for `digest`: every active reader it has a story for, except, with `leave_out`,
+    the readers an earlier, cancelled run of the issue delivered to."""
+    audience = audience_of(digest, leave_out)
+    per_variant, not_due, had_it = ledger.count_audience(audience)
+    return Plan(per_variant, not_due, had_it, audience)
 
 
 # -- rendering once per variant -----------------------------------------------------------------
@@ -197,11 +206,11 @@ class Composer:
 
 # -- runs ---------------------------------------------------------------------------------------
 
-def check_new_run(ledger: Ledger, digest: Digest, *, again: bool = False) -> frozenset[int]:
+def check_new_run(ledger: Ledger, digest: Digest, *, again: bool = False) -> bool:
     """Refuse to send an issue twice by accident, or to start over while a run of it is open.
 
-    Returns the readers a new run must leave out: those an earlier, cancelled run of the issue
-    may have delivered to (none with `again`, which sends to everyone)."""
+    Returns whether a new run must leave out readers an earlier, cancelled run of the issue may
+    have delivered to (never with `again`, which sends to everyone)."""
     earlier = ledger.runs(digest.slug)
     open_runs = [r for r in earlier if r.status in (RunStatus.SENDING, RunStatus.PAUSED)]
     if open_runs:
@@ -215,16 +224,14 @@ def check_new_run(ledger: Ledger, digest: Digest, *, again: bool = False) -> fro
         r = finished[-1]
         raise AlreadySent(f"{digest.slug} was already sent (run {r.id}, finished "
                           f"{r.finished_at:%Y-%m-%d %H:%M} UTC); send it again with --again", run_id=r.id)
-    if again or not earlier:
-        return frozenset()
-    return ledger.had_it(digest.slug)
+    return bool(earlier) and not again
 
 
 def open_run(ledger: Ledger, digest: Digest, subscribers: Subscribers, provider: str, settings: Settings,
              *, again: bool = False, due: Plan | None = None) -> tuple[Run, Plan]:
     """A new run of `digest` with a snapshot of who is due (`due`, if already planned)."""
-    had_it = check_new_run(ledger, digest, again=again)
-    due = due or plan(digest, subscribers, had_it)
+    leave_out = check_new_run(ledger, digest, again=again)
+    due = due if due is not None else plan(digest, ledger, leave_out)
     due.check_someone_due()
     from .archive import record_issue  # archive.py reads variants through this module
 
@@ -232,11 +239,13 @@ def open_run(ledger: Ledger, digest: Digest, subscribers: Subscribers, provider:
     run = ledger.create_run(issue=digest.slug, digest_path=str(digest.path),
                             digest_sha256=hashlib.sha256(source).hexdigest(),
                             settings_sha256=settings_sha256(settings), subject=digest.title,
-                            provider=provider, recipients=due.recipients)
+                            provider=provider, audience=audience_of(digest, leave_out))
     # After the run exists: of two sends started at once, only the one whose run was created
     # records its text. The web archive shows the issue once a run of it has finished.
     record_issue(ledger.engine, digest, source)
-    return run, due
+    # Who is in the run is what the database copied: counted there, per variant.
+    copied = {key: sum(states.values()) for key, states in ledger.counts_by_variant(run.id).items()}
+    return run, Plan(copied, due.not_due, due.had_it, due.audience)
 
 
 def check_unchanged(run: Run, digest: Digest, settings: Settings) -> None:
@@ -270,28 +279,6 @@ class Progress:
         return self.sent + self.failed + self.skipped
 
 
-@dataclass
-class Throttle:
-    """At most `rate` requests per second, and no sooner than the provider asked."""
-
-    rate: float
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
-    next_at: float = 0.0
-
-    def wait(self, stop: threading.Event | None = None) -> None:
-        delay = self.next_at - self.clock()
-        if delay > 0:
-            if stop is not None:
-                stop.wait(delay)
-            else:
-                self.sleep(delay)
-        self.next_at = max(self.clock(), self.next_at) + 1.0 / self.rate
-
-    def defer(self, seconds: float) -> None:
-        self.next_at = max(self.next_at, self.clock() + seconds)
-
-
 @dataclass(frozen=True)
 class Pause:
     """Why a run stops before its end. `transient`: time may fix it (a daily quota, an outage, a
@@ -303,79 +290,120 @@ class Pause:
 
 
 class Sender:
-    """Sends a run's batches through a provider, recording every answer in the ledger."""
+    """Sends a run's batches through a provider, recording every answer in the ledger.
+
+    Any number of senders, in processes on any machines, may send one run at once on PostgreSQL
+    (`newsletter send`, the scheduler, `newsletter worker`): each claims batches of its own, and
+    they share what must be shared through the database: the provider's rate limit (`pace.Pace`),
+    the run's status (a pause by any of them, or by `newsletter pause`, stops all of them after
+    their batch in flight) and its streak of failed requests. On SQLite one sender holds the run
+    (its lease on the run), as one writer holds the database."""
 
     def __init__(self, ledger: Ledger, provider: Provider, composer: Composer, *, rate: float,
                  batch_size: int = 100, max_failures: int = 8, base_delay: float = 0.5,
-                 max_delay: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 max_delay: float = 30.0, lease: float = LEASE_SECONDS, clock: Callable[[], float] = time.monotonic,
                  jitter: Callable[[], float] = random.random, stop: threading.Event | None = None,
-                 stop_reason: str = PAUSED_BY_USER):
+                 stop_reason: str = PAUSED_BY_USER, poll: float = 0.25):
         self.ledger, self.provider, self.composer = ledger, provider, composer
         self.stop_reason = stop_reason  # what a paused run says when `stop` paused it
-        self.batch_size, self.max_failures = batch_size, max_failures
+        self.batch_size, self.max_failures, self.lease = batch_size, max_failures, lease
         self.base_delay, self.max_delay, self.jitter = base_delay, max_delay, jitter
         self.clock = clock
-        self.throttle = Throttle(rate, clock=clock)
+        self.poll = poll  # seconds between looks while only other processes' batches are left
+        self.pace = Pace(ledger.engine, provider.name, rate)
         self.stopping = stop if stop is not None else threading.Event()  # set: pause after the batch in flight
-        self.failures = 0
-        self.run_id: int | None = None  # the run whose lease this sender holds, from send() on
-        self.leased_at = 0.0  # when the lease was last taken or renewed (self.clock)
+        self.holds_run = ledger.engine.dialect.name == "sqlite"
+        self.leased_at = 0.0  # when this sender last took or renewed its lease on the run (self.clock)
 
     def stop(self) -> None:
         """Pause after the batch in flight (what Ctrl-C does)."""
         self.stopping.set()
 
     def send(self, run: Run, on_progress: Callable[[Progress], None] | None = None) -> Run:
-        """Send every remaining delivery of `run`; return the run as it stands at the end."""
-        self.ledger.acquire(run.id, LEASE_SECONDS)
-        run = self.ledger.run(run.id)  # as it is now that no one else can change it (a cancel takes the lease)
-        if run.status in (RunStatus.FINISHED, RunStatus.CANCELLED):
-            self.ledger.release(run.id)
-            error = AlreadySent if run.status == RunStatus.FINISHED else SendError
-            raise error(f"run {run.id} is {run.status.value}; send the issue again with `newsletter send`",
-                        run_id=run.id)
-        self.run_id, self.leased_at = run.id, self.clock()
+        """Start or resume `run` and send until nothing is left or it pauses; the run as it stands
+        at the end. Stopping (`stop`) pauses the run for every process sending it."""
+        if self.holds_run:
+            self.ledger.acquire(run.id, self.lease)
+            self.leased_at = self.clock()
+        try:
+            run = self.ledger.run(run.id)  # as it is now that no one else can change it (a cancel takes the lease)
+            if run.status in (RunStatus.FINISHED, RunStatus.CANCELLED):
+                error = AlreadySent if run.status == RunStatus.FINISHED else SendError
+                raise error(f"run {run.id} is {run.status.value}; send the issue again with `newsletter send`",
+                            run_id=run.id)
+            self.ledger.set_status(run.id, RunStatus.SENDING)
+            pause = self.work(run, on_progress)
+            if pause is not None:
+                self.ledger.pause(run.id, pause.reason, transient=pause.transient)  # unless paused already
+            else:
+                self.ledger.finish(run.id)
+        finally:
+            if self.holds_run:
+                self.ledger.release(run.id)
+        return self.ledger.run(run.id)
+
+    def work(self, run: Run, on_progress: Callable[[Progress], None] | None = None) -> Pause | None:
+        """Take part in sending `run` while it is being sent: None once nothing is left to send,
+        else why this sender stopped (it writes no status: `send` does, a worker leaves the run
+        to the others)."""
+        self.ledger.expire_batches(run.id, everyone=self.holds_run)  # what a stopped process left
+        self.ledger.join(run.id)
         counts = self.ledger.counts(run.id)
         progress = Progress(total=sum(counts.values()), sent=counts["sent"], failed=counts["failed"],
                             skipped=counts["skipped"])
         try:
-            self.ledger.set_status(run.id, RunStatus.SENDING)
-            pause = self._loop(run, progress, on_progress)
-            if pause is not None:
-                self.ledger.set_status(run.id, RunStatus.PAUSED, pause.reason, transient=pause.transient)
-            elif not self.ledger.unfinished(run.id):
-                self.ledger.set_status(run.id, RunStatus.FINISHED)
+            return self._loop(run.id, progress, on_progress)
         finally:
-            self.ledger.release(run.id)
-        return self.ledger.run(run.id)
+            # Stopped with a batch maybe in flight (a pause, an error, a second Ctrl-C): its lease
+            # ends now, so the next sender sends it again at once, as the same request.
+            with contextlib.suppress(StoreError):
+                self.ledger.give_up(run.id)
+                self.ledger.leave(run.id)
 
-    def _loop(self, run: Run, progress: Progress, on_progress) -> Pause | None:
-        pending = self.ledger.in_flight(run.id)  # first what a stop left in flight
+    def _loop(self, run_id: int, progress: Progress, on_progress) -> Pause | None:
         while True:
             if self.stopping.is_set():
                 return Pause(self.stop_reason)
-            batch = pending.pop(0) if pending else self.ledger.claim(run.id, self.batch_size)
+            elsewhere = self._stopped_elsewhere(run_id)
+            if elsewhere is not None:
+                return None if elsewhere is FINISHED else elsewhere
+            batch = self.ledger.claim(run_id, self.batch_size, self.lease)
             if batch is None:
-                return None
+                if not self.ledger.unfinished(run_id):
+                    return None
+                # Only batches other processes hold are left: wait until they are answered, or
+                # until a lease runs out (its process died) and the batch is this one's to send.
+                self.stopping.wait(self.poll)
+                continue
             progress.skipped += batch.skipped
             if not batch.recipients:
                 continue
-            messages = [self.composer.message(f"r{run.id}-{r.delivery_id}", r) for r in batch.recipients]
-            pause = self._deliver(batch, messages, progress)
+            messages = [self.composer.message(f"r{run_id}-{r.delivery_id}", r) for r in batch.recipients]
+            pause = self._deliver(run_id, batch, messages, progress)
             if pause is not None:
                 return pause
             if on_progress:
                 on_progress(progress)
 
-    def _renew(self) -> None:
-        """Keep the lease while working: retries of one batch can take minutes."""
-        if self.clock() - self.leased_at > LEASE_SECONDS / 4:
-            self.ledger.acquire(self.run_id, LEASE_SECONDS)
+    def _stopped_elsewhere(self, run_id: int) -> Pause | object | None:
+        """The run's status, shared by every sender: FINISHED, a Pause (paused or cancelled by
+        another process or by the user), or None to go on."""
+        run = self.ledger.run(run_id)
+        if run.status == RunStatus.SENDING:
+            return None
+        if run.status == RunStatus.FINISHED:
+            return FINISHED
+        return Pause(run.reason or f"the run was {run.status.value}", run.transient)
+
+    def _renew_run(self, run_id: int) -> None:
+        """Keep the lease on the run (SQLite) while working: retries of one batch can take minutes."""
+        if self.holds_run and self.clock() - self.leased_at > self.lease / 4:
+            self.ledger.acquire(run_id, self.lease)
             self.leased_at = self.clock()
 
-    def _deliver(self, batch: Batch, messages: list[Message], progress: Progress) -> Pause | None:
+    def _deliver(self, run_id: int, batch: Batch, messages: list[Message], progress: Progress) -> Pause | None:
         """Send one batch until the provider answers; why to pause if it will not."""
-        rate_limited, unknown = 0, False  # unknown: a request may have been done without an answer
+        rate_limited, unknown, attempts = 0, False, 0  # unknown: a request may have been done without an answer
 
         def refused(reason: str, transient: bool = False) -> Pause:
             if not unknown:  # every attempt was refused as a whole: nothing was delivered
@@ -383,11 +411,20 @@ class Sender:
             return Pause(reason, transient)
 
         while True:
-            retrying = bool(self.failures or rate_limited)
-            self.throttle.wait(self.stopping if retrying else None)  # a first attempt always goes out
+            retrying = attempts > 0
+            if retrying:  # between attempts: the run may have paused meanwhile, and the leases must hold
+                if self.stopping.is_set():
+                    return refused(self.stop_reason)  # in flight only if a request may have got through
+                elsewhere = self._stopped_elsewhere(run_id)
+                if isinstance(elsewhere, Pause):
+                    return refused(elsewhere.reason, elsewhere.transient)
+                if not self.ledger.renew(batch, self.lease):
+                    return None  # another process took the batch over: it is that one's to send now
+            started = self.pace.take(self.stopping if retrying else None)  # a first attempt always goes out
             if self.stopping.is_set() and retrying:
-                return refused(self.stop_reason)  # in flight only if a request may have got through
-            self._renew()
+                return refused(self.stop_reason)
+            self._renew_run(run_id)
+            attempts += 1
             progress.requests += 1
             try:
                 result = self.provider.send(messages, batch.key)
@@ -396,7 +433,7 @@ class Sender:
                 progress.retries += 1
                 if rate_limited > self.max_failures * 10:
                     return refused(f"the provider kept refusing for rate limits: {e}", transient=True)
-                self.throttle.defer(e.retry_after if e.retry_after is not None else 1.0)
+                self.pace.defer(started, e.retry_after if e.retry_after is not None else 1.0)
                 continue
             except QuotaExceeded as e:
                 return refused(f"quota exceeded: {e}", transient=True)
@@ -404,8 +441,9 @@ class Sender:
                 return refused(f"the provider refused the request: {e}")
             except (Unavailable, ProviderError) as e:
                 unknown = True
-                if self._failed(progress):
-                    return Pause(f"{self.failures} failed requests in a row, last: {e}", transient=True)
+                pause = self._failed(run_id, progress, str(e))
+                if pause is not None:
+                    return pause
                 continue
             sent, failed = self.ledger.record(batch, result.outcomes)
             progress.sent += sent
@@ -413,24 +451,28 @@ class Sender:
             if result.pause:
                 return Pause(result.pause)  # refused for good (the sender): time will not fix it
             if result.trouble:
-                if self._failed(progress):
-                    return Pause(f"{self.failures} failed requests in a row, last: {result.trouble}",
-                                 transient=True)
+                pause = self._failed(run_id, progress, result.trouble)
+                if pause is not None:
+                    return pause
             else:
-                self.failures = 0
-            if result.wait:
-                self.throttle.defer(result.wait)
+                self.ledger.request_answered(run_id)
+            if result.wait:  # counted from when this request reached the provider (see pace.py)
+                self.pace.defer(started, result.wait + REACHED)
             return None
 
-    def _failed(self, progress: Progress) -> bool:
-        """Count a failed request and schedule the next with backoff; True: time to pause."""
-        self.failures += 1
+    def _failed(self, run_id: int, progress: Progress, what: str) -> Pause | None:
+        """Count a failed request in the run's streak and back off before the next; the pause
+        once the streak reaches `max_failures`."""
+        streak = self.ledger.failed_request(run_id)
         progress.retries += 1
-        if self.failures >= self.max_failures:
-            return True
-        delay = min(self.max_delay, self.base_delay * 2 ** (self.failures - 1))
-        self.throttle.defer(delay * (0.5 + self.jitter() / 2))  # jitter: never in lockstep
-        return False
+        if streak >= self.max_failures:
+            return Pause(f"{streak} failed requests in a row, last: {what}", transient=True)
+        delay = min(self.max_delay, self.base_delay * 2 ** (streak - 1))
+        self.stopping.wait(delay * (0.5 + self.jitter() / 2))  # jitter: never in lockstep
+        return None
+
+
+FINISHED = object()  # `Sender._stopped_elsewhere`: the run is finished
 
 
 def describe_variant(settings: Settings, key: str) -> str:
@@ -449,8 +491,8 @@ def plan_run(digest: Digest, subscribers: Subscribers, ledger: Ledger | None = N
     """Who a new run of `digest` is for. With a ledger, first the checks a run must pass
     (AlreadySent, RunUnfinished), and the readers a cancelled run reached are left out; without
     one (a dry run, test copies), everyone due."""
-    had_it = check_new_run(ledger, digest, again=again) if ledger is not None else frozenset()
-    return plan(digest, subscribers, had_it)
+    leave_out = check_new_run(ledger, digest, again=again) if ledger is not None else False
+    return plan(digest, ledger or Ledger(subscribers.engine), leave_out)
 
 
 def prepare_variants(settings: Settings, digest: Digest, due: Plan) -> dict[str, Variant]:
@@ -490,25 +532,51 @@ def reopen_run(settings: Settings, ledger: Ledger, run_id: int) -> tuple[Run, Di
 
 def deliver(settings: Settings, ledger: Ledger, run: Run, digest: Digest, variants: dict[str, Variant], *,
             provider: Provider | None = None, on_progress: Callable[[Progress], None] | None = None,
-            stop: threading.Event | None = None, stop_reason: str = PAUSED_BY_USER) -> Run:
+            stop: threading.Event | None = None, stop_reason: str = PAUSED_BY_USER, senders: int = 1) -> Run:
     """Send what is left of `run`; return it as it ends: finished, paused (with its reason), or
     still sending (another process took it over).
 
     Without `provider`, the settings' one, closed at the end; a provider passed in stays open,
-    its caller's to close. Setting `stop` pauses the run after the batch in flight."""
+    its caller's to close. Setting `stop` pauses the run after the batch in flight. `senders`
+    above 1 (PostgreSQL) sends with that many senders in threads of this process, as that many
+    workers would."""
     own = provider is None
     provider = make_provider(settings) if own else provider
+    helpers: list[threading.Thread] = []
     try:
         if provider.name != run.provider:  # a batch sent again must go where it went before
             raise SendError(f"run {run.id} was started with {run.provider}; the settings now say "
                             f"{provider.name}", run_id=run.id)
         composer = Composer(settings, digest, variants, view_key=load_secret_key(settings))
-        sender = Sender(ledger, provider, composer, rate=settings.send_rate, batch_size=settings.batch_size,
-                        max_failures=settings.max_failures, stop=stop, stop_reason=stop_reason)
-        return sender.send(run, on_progress)
+
+        def sender_with(with_ledger: Ledger) -> Sender:
+            return Sender(with_ledger, provider, composer, rate=settings.send_rate,
+                          batch_size=settings.batch_size, max_failures=settings.max_failures,
+                          lease=settings.batch_lease, stop=stop, stop_reason=stop_reason)
+        if senders > 1 and ledger.engine.dialect.name == "sqlite":
+            raise SendError("more than one sender needs PostgreSQL: on SQLite one process sends a run")
+        main = sender_with(ledger)
+        for n in range(1, senders):
+            helper = Ledger(ledger.engine)
+            helper.owner = f"{ledger.owner}/{n}"
+            helpers.append(threading.Thread(target=_help, args=(sender_with(helper), helper, run), daemon=True))
+        if helpers and ledger.run(run.id).status in (RunStatus.SENDING, RunStatus.PAUSED):
+            ledger.set_status(run.id, RunStatus.SENDING)  # before the helpers look at it
+        for thread in helpers:
+            thread.start()
+        return main.send(run, on_progress)
     finally:
+        for thread in helpers:
+            thread.join()
         if own:
             provider.close()
+
+
+def _help(sender: Sender, ledger: Ledger, run: Run) -> None:
+    """A helper thread of `deliver`: its share of the run; its own pause pauses the run."""
+    pause = sender.work(run)
+    if pause is not None and not sender.stopping.is_set():
+        ledger.pause(run.id, pause.reason, transient=pause.transient)
 
 
 def resume(settings: Settings, ledger: Ledger, run_id: int, *, provider: Provider | None = None,

@@ -125,6 +125,8 @@ class SendRunRow(Base):
     # Time may fix what paused it (a quota, an outage): the scheduler tries again with backoff.
     pause_transient: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     auto_retries: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")  # the scheduler's
+    # Failed requests in a row, whichever process made them: the run pauses at `max_failures`.
+    failures: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(sa.String(200))  # the process sending it
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
@@ -153,6 +155,43 @@ class DeliveryRow(Base):
     token: Mapped[str | None] = mapped_column(sa.String(64))
     attempts: Mapped[int] = mapped_column(sa.Integer)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class SendBatchRow(Base):
+    """A batch in flight: its deliveries are `sending` under its key (the idempotency key), and
+    `owner` holds it until `lease_until`. A batch whose lease ran out (its process died) is taken
+    over by another sender and sent again as the same request."""
+
+    __tablename__ = "send_batches"
+    __table_args__ = (sa.Index("ix_send_batches_run_lease", "run_id", "lease_until"),)
+    key: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("send_runs.id", ondelete="CASCADE"))
+    owner: Mapped[str] = mapped_column(sa.String(200))  # host:pid of the sender holding it
+    lease_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    claimed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class RunWorkerRow(Base):
+    """A process that took part in a run, with what it sent: `newsletter runs RUN` shows them."""
+
+    __tablename__ = "run_workers"
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("send_runs.id", ondelete="CASCADE"), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    sent: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    failed: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    requests: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)  # last heard of: live while recent
+    left_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # stopped working on the run
+
+
+class SendLimitRow(Base):
+    """The provider's rate limit, shared by every process that sends through it: the earliest
+    time (seconds since the epoch, by the database's clock) the next request may start."""
+
+    __tablename__ = "send_limits"
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    next_at: Mapped[float] = mapped_column(sa.Float)
 
 
 class SignupRow(Base):
@@ -234,6 +273,9 @@ suppressions = SuppressionRow.__table__
 events = EventRow.__table__
 send_runs = SendRunRow.__table__
 deliveries = DeliveryRow.__table__
+send_batches = SendBatchRow.__table__
+run_workers = RunWorkerRow.__table__
+send_limits = SendLimitRow.__table__
 signups = SignupRow.__table__
 rate_limits = RateLimitRow.__table__
 issues = IssueRow.__table__

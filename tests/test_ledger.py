@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from newsletter.errors import SendError
 from newsletter.ledger import Ledger, State
 from newsletter.providers import Outcome
-from newsletter.store import create_engine, deliveries, send_runs, utcnow
+from newsletter.store import create_engine, deliveries, send_batches, send_runs, utcnow
 from newsletter.subscribers import Consent, ConsentMethod
 
 
@@ -103,10 +103,10 @@ def test_a_live_process_keeps_its_lease_and_a_dead_ones_is_taken_at_once(subs, r
 
 def age_in_flight(engine, run_id, hours):
     """Move what is in flight back in time, as if the process had stopped `hours` ago."""
+    then = utcnow() - dt.timedelta(hours=hours)
     with engine.begin() as conn:
-        conn.execute(sa.update(deliveries).where(deliveries.c.run_id == run_id,
-                                                 deliveries.c.state == State.SENDING.value)
-                     .values(updated_at=utcnow() - dt.timedelta(hours=hours)))
+        conn.execute(sa.update(send_batches).where(send_batches.c.run_id == run_id)
+                     .values(claimed_at=then, lease_until=then))
 
 
 @pytest.mark.parametrize("hours", [22, 24])
@@ -115,7 +115,8 @@ def test_in_flight_longer_than_an_idempotency_key_lives_is_failed_not_resent(sub
     first, second = ledger.claim(run.id, 3), ledger.claim(run.id, 3)
     ledger.record(second, [Outcome(True, message_id="m")] * 3)
     age_in_flight(subs.engine, run.id, hours)  # the first batch never got an answer
-    resumed = Ledger(subs.engine).in_flight(run.id)
+    taken = Ledger(subs.engine).claim(run.id, 3)
+    resumed = [taken] if taken else []
     counts = ledger.counts(run.id)
     if hours < 23:  # the provider still knows the key: the same request again is delivered once
         assert [(b.key, ids(b)) for b in resumed] == [(first.key, ids(first))]
@@ -126,3 +127,69 @@ def test_in_flight_longer_than_an_idempotency_key_lives_is_failed_not_resent(sub
     reasons = {reason for _, state, reason in ledger.problems(run.id)}
     assert reasons == {"in flight when the run stopped over 23 hours ago: it may or may not have been "
                        "delivered; check the provider's log"}
+
+
+def lease_of(subs, key):
+    with subs.engine.connect() as conn:
+        return conn.execute(sa.select(send_batches.c.owner, send_batches.c.lease_until)
+                            .where(send_batches.c.key == key)).one()
+
+
+def test_a_batch_leased_elsewhere_is_taken_over_only_when_its_lease_runs_out(subs, run_of, elsewhere):
+    ledger, run = run_of(6)
+    theirs = elsewhere.claim(run.id, 3, lease=300)  # a live process on another machine
+    subs.rotate_token(theirs.recipients[0].email)  # the reader's links change after it went out
+    mine = ledger.claim(run.id, 3)
+    assert ids(mine).isdisjoint(ids(theirs))
+    ledger.record(mine, [Outcome(True, message_id="m")] * 3)
+    assert ledger.claim(run.id, 3) is None and ledger.unfinished(run.id), "theirs is still leased"
+    assert ledger.expire_batches(run.id) == 0, "a process of another machine is never taken for dead"
+    with subs.engine.begin() as conn:  # its process died: the lease runs out
+        conn.execute(sa.update(send_batches).where(send_batches.c.key == theirs.key)
+                     .values(lease_until=utcnow() - dt.timedelta(seconds=1)))
+    taken = ledger.claim(run.id, 3)
+    assert taken.taken_over and taken.key == theirs.key
+    assert taken.recipients == theirs.recipients, "the same request: the address and token it went out with"
+    assert lease_of(subs, taken.key).owner == ledger.owner
+    assert not elsewhere.renew(theirs, 300), "the process that lost the batch learns so"
+    assert ledger.renew(taken, 300)
+
+
+def test_a_batch_answered_by_two_processes_is_recorded_once(subs, run_of, elsewhere):
+    ledger, run = run_of(3)
+    batch = ledger.claim(run.id, 3)
+    with subs.engine.begin() as conn:
+        conn.execute(sa.update(send_batches).values(lease_until=utcnow() - dt.timedelta(seconds=1)))
+    again = elsewhere.claim(run.id, 3)  # taken over: both processes hold an answer to one request
+    assert again.key == batch.key
+    assert elsewhere.record(again, [Outcome(True, message_id="m")] * 3) == (3, 0)
+    assert ledger.record(batch, [Outcome(False, error="x", retry=True)] * 3) == (0, 0)
+    assert ledger.counts(run.id)["sent"] == 3 and ledger.counts(run.id)["queued"] == 0, \
+        "a late answer must not send the batch's readers back to the queue"
+    assert [(w.owner, w.sent) for w in ledger.workers(run.id)] == [], "neither joined the run"
+
+
+def test_a_dead_process_of_this_machine_loses_its_batches_at_once(subs, run_of):
+    ledger, run = run_of(3)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    theirs = Ledger(subs.engine)
+    theirs.owner = f"{socket.gethostname()}:{holder.pid}"
+    try:
+        batch = theirs.claim(run.id, 3, lease=300)
+        assert ledger.expire_batches(run.id) == 0, "alive"
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert ledger.expire_batches(run.id) == 1
+    assert ledger.claim(run.id, 3).key == batch.key
+
+
+def test_pausing_a_run_is_seen_by_every_process_and_the_failure_streak_is_shared(subs, run_of, elsewhere):
+    ledger, run = run_of(3)
+    assert [ledger.failed_request(run.id), elsewhere.failed_request(run.id)] == [1, 2]
+    elsewhere.request_answered(run.id)
+    assert ledger.failed_request(run.id) == 1
+    assert elsewhere.pause(run.id, "quota exceeded", transient=True)
+    assert not ledger.pause(run.id, "paused by the user"), "the first pause's reason stays"
+    paused = ledger.run(run.id)
+    assert (paused.status.value, paused.reason, paused.transient) == ("paused", "quota exceeded", True)

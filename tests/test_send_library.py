@@ -52,7 +52,7 @@ def start(settings, subs, digest_path=EXAMPLE, **options):
 def test_start_and_deliver_to_the_outbox(lib_settings, subs, emails):
     digest, ledger, run, variants, due = start(lib_settings, subs)
     assert run.status == RunStatus.SENDING and run.provider == "outbox"
-    assert len(due.recipients) == len(emails) and sorted(variants) == sorted(due.per_variant)
+    assert due.total == len(emails) and sorted(variants) == sorted(due.per_variant)
     assert outbox(lib_settings) == Counter(), "starting a run sends nothing"
 
     run = send.deliver(lib_settings, ledger, run, digest, variants)
@@ -94,6 +94,8 @@ def test_two_runs_created_at_once_name_the_one_that_won(lib_settings, subs, emai
 
 
 def test_a_run_another_process_is_sending(lib_settings, subs, emails):
+    if subs.engine.dialect.name != "sqlite":
+        pytest.skip("one sender per run is SQLite's rule; on PostgreSQL senders share a run, batch by batch (test_workers.py)")
     digest, ledger, run, variants, _ = start(lib_settings, subs)
     elsewhere = Ledger(subs.engine)
     elsewhere.owner = "another-host:4242"  # alive, on another machine: its lease must be respected
@@ -159,6 +161,8 @@ class Watched(OutboxProvider):
 
 
 def test_the_provider_is_closed_by_whoever_made_it(lib_settings, subs, emails, monkeypatch):
+    if subs.engine.dialect.name != "sqlite":
+        pytest.skip("one sender per run is SQLite's rule; on PostgreSQL senders share a run, batch by batch (test_workers.py)")
     digest, ledger, run, variants, _ = start(lib_settings, subs)
     made = []
     monkeypatch.setattr(send, "make_provider", lambda settings: made.append(Watched(settings.outbox_dir))

@@ -1,0 +1,154 @@
+"""Workers: processes, on any machines that reach the PostgreSQL database, sharing the batches of
+every run being sent.
+
+`newsletter send` and the scheduler create a run; `newsletter worker` processes take part in
+every run whose status is `sending`, each claiming batches of its own (`Ledger.claim`: `FOR
+UPDATE SKIP LOCKED` and a lease per batch). All of them together stay under `send_rate`
+(`pace.Pace`); a pause by any of them (a quota error, `newsletter pause RUN`, Ctrl-C on the
+`send`) stops every one after its batch in flight. A worker that dies leaves its batch leased
+until `batch_lease` runs out; another worker then sends it again, as the same request.
+
+A worker renders each run's variants from the digest text the run recorded (the archive's
+copy), so it needs no digest files, only the same settings (`name`, `sender`, `reply_to`,
+`base_url`: checked against the run) and the secret key for view links.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .config import Settings, load_secret_key
+from .digest import Digest, load_digest
+from .errors import NewsletterError, SendError
+from .ledger import Ledger, Run
+from .providers import Provider, make_provider
+from .render import Renderer
+from .send import Composer, Sender, Variant, digest_sha256, prepare, settings_sha256
+from .store import issues
+
+log = logging.getLogger("newsletter.worker")
+IDLE_FIRST, IDLE_MOST = 0.2, 5.0  # seconds between looks for new runs: backing off while idle
+
+
+class WorkersNeedPostgres(SendError):
+    pass
+
+
+def check_shared(engine: Engine) -> None:
+    """Workers share a run through row locks SQLite does not have."""
+    if engine.dialect.name != "postgresql":
+        raise WorkersNeedPostgres("workers need PostgreSQL (database_url = \"postgresql://...\"); on "
+                                  "SQLite one process sends a run: `newsletter send` or the scheduler")
+
+
+@dataclass
+class Prepared:
+    digest: Digest
+    variants: dict[str, Variant]
+
+
+def load_run(settings: Settings, ledger: Ledger, run: Run) -> Prepared:
+    """The digest and variants of `run`, as it was started: from the digest text the run recorded,
+    or else from its file, refused if either changed or the sender settings differ."""
+    if run.settings_sha256 and settings_sha256(settings) != run.settings_sha256:
+        raise SendError(f"run {run.id}: name, sender, reply_to or base_url differ from the settings "
+                        "it was started with", run_id=run.id)
+    with ledger.engine.connect() as conn:
+        recorded = conn.execute(sa.select(issues.c.source).where(
+            issues.c.slug == run.issue, issues.c.digest_sha256 == run.digest_sha256)).scalar()
+    if recorded is not None:
+        from .archive import parse_source
+
+        digest = parse_source(recorded, run.issue, settings)
+    else:
+        digest = load_digest(run.digest_path, settings)
+        if digest_sha256(digest.path) != run.digest_sha256:
+            raise SendError(f"run {run.id}: {run.digest_path} changed since the run started", run_id=run.id)
+    return Prepared(digest, prepare(Renderer(settings), digest, settings, ledger.variants(run.id)))
+
+
+class Worker:
+    """One process's share of the sending: every run being sent, batch by batch, until stopped
+    (or, with `exit_when_idle`, until no run has work left)."""
+
+    def __init__(self, settings: Settings, engine: Engine, *, provider: Provider | None = None,
+                 stop: threading.Event | None = None, exit_when_idle: bool = False):
+        check_shared(engine)
+        self.settings, self.engine = settings, engine
+        self.ledger = Ledger(engine)
+        self.provider = provider or make_provider(settings)
+        self.stop = stop or threading.Event()
+        self.exit_when_idle = exit_when_idle
+        self.prepared: dict[int, Prepared] = {}
+        self.refused: set[int] = set()  # runs this worker cannot send (logged once)
+        self.view_key = load_secret_key(settings)
+
+    def run(self) -> None:
+        idle = IDLE_FIRST
+        while not self.stop.is_set():
+            worked = False
+            for run in self.ledger.sending_runs():
+                if self.stop.is_set():
+                    break
+                worked |= self._take_part(run)
+            if worked:
+                idle = IDLE_FIRST
+                continue
+            if self.exit_when_idle and not self._work_left():
+                return
+            self.stop.wait(idle)
+            idle = min(IDLE_MOST, idle * 2)
+
+    def _work_left(self) -> bool:
+        """A run being sent that this worker could still help with."""
+        return any(run.id not in self.refused and self.ledger.unfinished(run.id)
+                   for run in self.ledger.sending_runs())
+
+    def _take_part(self, run: Run) -> bool:
+        if run.id in self.refused:
+            return False
+        if run.provider != self.provider.name:  # a batch sent again must go where it went before
+            return self._refuse(run, f"run {run.id} was started with {run.provider}; this worker's "
+                                     f"settings say {self.provider.name}")
+        if not self.ledger.unfinished(run.id):
+            self.ledger.finish(run.id)
+            return False
+        try:
+            prepared = self.prepared.get(run.id) or self.prepared.setdefault(
+                run.id, load_run(self.settings, self.ledger, run))
+        except NewsletterError as e:
+            return self._refuse(run, str(e))
+        composer = Composer(self.settings, prepared.digest, prepared.variants, view_key=self.view_key)
+        s = self.settings
+        sender = Sender(self.ledger, self.provider, composer, rate=s.send_rate, batch_size=s.batch_size,
+                        max_failures=s.max_failures, lease=s.batch_lease, stop=self.stop)
+        log.info("run %d of %s: taking part", run.id, run.issue)
+        pause = sender.work(run)
+        if pause is None:
+            if self.ledger.finish(run.id):
+                log.info("run %d of %s: finished", run.id, run.issue)
+        elif not self.stop.is_set() and self.ledger.pause(run.id, pause.reason, transient=pause.transient):
+            log.warning("run %d of %s: paused for every worker: %s", run.id, run.issue, pause.reason)
+        return True
+
+    def _refuse(self, run: Run, why: str) -> bool:
+        self.refused.add(run.id)
+        log.error("not taking part in run %d: %s", run.id, why)
+        return False
+
+    def close(self) -> None:
+        self.provider.close()
+
+
+def is_live(worker, lease: float, now) -> bool:
+    """Whether a process that took part in a run still does: it holds a batch, or was heard of
+    within a lease and has not left."""
+    import datetime as dt
+
+    return worker.batches > 0 or (worker.left_at is None and now - worker.seen_at < dt.timedelta(seconds=lease))
+
