@@ -302,11 +302,14 @@ class Personal:
 
     def fill(self, values: dict[str, str]) -> str:
         parts = self.parts.copy()
-        if self.html:  # links land in href="...": never let a value end the attribute
-            parts[1::2] = [_attribute(values[name]) for name in self.names]
-        else:
-            parts[1::2] = [values[name] for name in self.names]
+        parts[1::2] = self.values(values)
         return "".join(parts)
+
+    def values(self, values: dict[str, str]) -> list[str]:
+        """What `fill` puts in each placeholder, in order."""
+        if self.html:  # links land in href="...": never let a value end the attribute
+            return [_attribute(values[name]) for name in self.names]
+        return [values[name] for name in self.names]
 
 
 def _attribute(value: str) -> str:

@@ -29,7 +29,7 @@ from .ledger import Audience, Batch, Ledger, Recipient, Run, RunStatus
 from .links import Links
 from .pace import Pace
 from .providers import Message, Outcome, Provider, make_provider
-from .providers.mime import to_mime
+from .providers.mime import Template, encode
 from .render import Personal, Renderer, preview_links
 from .subscribers import Subscribers, normalize_email
 
@@ -160,7 +160,7 @@ def prepare(renderer: Renderer, digest: Digest, settings: Settings, keys: Iterab
                 raise SendError(f"{digest.path}: the {name} header would contain the control "
                                 f"character {bad.group()!r}; remove it from the digest or the settings")
         try:
-            to_mime(message)
+            encode(message)  # as the outbox and SMTP will, from the variant's template
         except (ValueError, TypeError, LookupError) as e:
             raise SendError(f"{digest.path}: cannot build the message for variant {key}: {e}") from None
     return variants
@@ -192,6 +192,7 @@ class Composer:
         slug = re.sub(r"[^a-z0-9]+", "-", settings.name.lower()).strip("-") or "newsletter"
         self.list_id = f"{settings.name} <{slug}.{host}>"
         self.tag_issue = digest.slug
+        self.templates = {key: Template(v.html, v.text) for key, v in variants.items()}  # encoded on first use
 
     def message(self, key: str, recipient: Recipient) -> Message:
         variant = self.variants[recipient.variant]
@@ -201,7 +202,8 @@ class Composer:
             subject=variant.subject, html=variant.html.fill(links), text=variant.text.fill(links),
             headers={"List-Unsubscribe": f"<{links['unsubscribe_url']}>",
                      "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "List-Id": self.list_id},
-            tags={"issue": self.tag_issue, "variant": recipient.variant})
+            tags={"issue": self.tag_issue, "variant": recipient.variant},
+            template=self.templates[recipient.variant], links=links)
 
 
 # -- runs ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import smtplib
 import socket
 from email import policy
 
@@ -11,9 +12,13 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from newsletter.errors import Rejected, Unavailable
-from newsletter.providers import Message
+from newsletter.ledger import Recipient
+from newsletter.providers import Message, mime
 from newsletter.providers.outbox import OutboxProvider
 from newsletter.providers.smtp import SmtpProvider
+from newsletter.send import Composer, render_variants
+
+from .test_mime import headers, parse, parts
 
 HEADERS = {"List-Unsubscribe": "<https://n.example/u/tok>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
            "List-Id": "Test Weekly <test-weekly.n.example>"}
@@ -36,6 +41,44 @@ def check_parsed(raw: bytes, to: str) -> None:
     assert mail.get_content_type() == "multipart/alternative"
     assert mail.get_body(("plain",)).get_content().strip() == "Hello reader · café"
     assert mail.get_body(("html",)).get_content().strip() == "<p>Hello <b>reader</b> · café</p>"
+
+
+@pytest.fixture(scope="module")
+def composed(session_settings, renderer, example):
+    """Messages as a send makes them: the example digest's variants, each with its template."""
+    variants = render_variants(renderer, example, ["all", "ai-tech"])
+    composer = Composer(session_settings, example, variants, view_key=b"k" * 32)
+    readers = [("ana@example.com", "all"), ("josé@exämple.org", "ai-tech"), ("bo@example.com", "ai-tech")]
+    return [composer.message(f"r3-{n}", Recipient(n, to, None, f"tok{n}" * 8, variant))
+            for n, (to, variant) in enumerate(readers)]
+
+
+@pytest.fixture
+def no_generator(monkeypatch):
+    """Fail any message written by the email package's generator rather than from its template."""
+    def generated(message):
+        raise AssertionError(f"{message.key} was written by the email package, not from its template")
+
+    monkeypatch.setattr(mime, "_generated", generated)
+    return monkeypatch
+
+
+def check_as_before(raw: bytes, message: Message) -> None:
+    """`raw` is the email the outbox and SMTP sent before templates: `to_mime(message)`."""
+    got, expected = parse(raw), parse(mime.to_mime(message).as_bytes())
+    assert headers(got) == headers(expected)
+    assert parts(got) == parts(expected)
+
+
+def test_outbox_writes_a_send_from_the_variants_templates(tmp_path, composed, no_generator):
+    outbox = OutboxProvider(tmp_path / "outbox")
+    outcomes = outbox.send(composed, "k").outcomes
+    no_generator.undo()
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 3
+    for message, outcome in zip(composed, outcomes):
+        raw = outbox.path_for(message).read_bytes()
+        check_as_before(raw, message)
+        assert outcome.ok and outcome.message_id == parse(raw)["Message-ID"].strip()
 
 
 def test_outbox_writes_parseable_eml_files(tmp_path):
@@ -75,6 +118,7 @@ def test_outbox_names_stay_in_the_folder_short_and_unique(tmp_path):
 class Collector:
     def __init__(self):
         self.messages = []
+        self.envelopes = []  # (MAIL FROM, RCPT TOs, MAIL options) of each message taken
 
     async def handle_MAIL(self, server, session, envelope, address, options):  # noqa: N802
         if address.startswith("banned@"):
@@ -82,6 +126,7 @@ class Collector:
         if address.startswith("busy@"):
             return "451 4.7.1 too many messages, slow down"
         envelope.mail_from = address
+        envelope.mail_options.extend(options)
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, options):  # noqa: N802
@@ -94,6 +139,8 @@ class Collector:
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802
         self.messages.append((envelope.rcpt_tos[0], envelope.content))
+        options = sorted(o for o in envelope.mail_options if not o.startswith("SIZE="))  # each message's own
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos), options))
         return "250 Message accepted"
 
 
@@ -129,6 +176,23 @@ def test_smtp_sends_a_batch_on_one_connection(smtp_server):
     check_parsed(collector.messages[0][1], "ana@example.com")
 
 
+def test_smtp_sends_a_send_from_the_variants_templates_as_send_message_did(smtp_server, composed, no_generator):
+    collector, port = smtp_server
+    outcomes = SmtpProvider("127.0.0.1", port, security="none").send(composed, "k").outcomes
+    no_generator.undo()
+    assert [o.ok for o in outcomes] == [True, True, True]
+    with smtplib.SMTP("127.0.0.1", port) as server:  # the same messages as they were sent before
+        for message in composed:
+            server.send_message(mime.to_mime(message))
+    sent, before = collector.envelopes[:3], collector.envelopes[3:]
+    assert sent == before
+    assert sent[0] == ("digest@newsletter.example.com", ["ana@example.com"], [])
+    assert sent[1] == ("digest@newsletter.example.com", ["josé@exämple.org"], ["BODY=8BITMIME", "SMTPUTF8"])
+    for message, outcome, (_, raw) in zip(composed, outcomes, collector.messages):
+        check_as_before(raw, message)
+        assert outcome.message_id == parse(raw)["Message-ID"].strip()
+
+
 def test_smtp_bad_login_and_no_server(smtp_server):
     collector, port = smtp_server
     with pytest.raises(Rejected, match="SMTP login to 127.0.0.1 refused"):
@@ -153,7 +217,7 @@ def test_smtp_refused_sender_stops_the_batch(smtp_server):
 
 
 @pytest.mark.parametrize("smtp_server", [False], indirect=True)
-def test_smtp_without_smtputf8_fails_only_the_international_address(smtp_server):
+def test_smtp_without_smtputf8_fails_only_the_international_address(smtp_server, composed):
     collector, port = smtp_server
     smtp = SmtpProvider("127.0.0.1", port, security="none")
     outcomes = smtp.send([message("ana@example.com", 1), message("jörg@exämple.org", 2),
@@ -161,3 +225,6 @@ def test_smtp_without_smtputf8_fails_only_the_international_address(smtp_server)
     assert [o.ok for o in outcomes] == [True, False, True]
     assert outcomes[1].retry is False
     assert [to for to, _ in collector.messages] == ["ana@example.com", "bo@example.com"]
+    outcomes = smtp.send(composed, "k").outcomes  # the same from templates: josé's address is international
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert "SMTPUTF8" in outcomes[1].error and outcomes[1].retry is False

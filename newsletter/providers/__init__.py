@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import Settings
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .mime import Template
 
 
 @dataclass
@@ -22,6 +25,10 @@ class Message:
     reply_to: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # List-Unsubscribe, List-Id, ...
     tags: dict[str, str] = field(default_factory=dict)
+    # The variant's message encoded once, and this reader's values for its placeholders (html and
+    # text are the template's parts filled with them): the outbox and SMTP write its bytes from these.
+    template: Template | None = None
+    links: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import Unavailable
 from ..files import atomic_writer
 from . import BatchResult, Message, Outcome
-from .mime import to_mime
+from .mime import encode
 
 # A file name holds at most 255 bytes, and atomic_writer adds about 15 for its temporary file:
 # an address may be 254 characters (more bytes in UTF-8), so only its start is kept.
@@ -35,14 +35,14 @@ class OutboxProvider:
     def send(self, messages: list[Message], idempotency_key: str) -> BatchResult:
         outcomes = []
         for message in messages:
-            mail = to_mime(message)
+            mail = encode(message)
             path = self.path_for(message)
             try:
                 with atomic_writer(path, binary=True) as f:
-                    f.write(mail.as_bytes())
+                    f.write(mail.data)
             except OSError as e:
                 raise Unavailable(f"cannot write to the outbox {self.folder}: {e.strerror}") from None
-            outcomes.append(Outcome(True, message_id=mail["Message-ID"]))
+            outcomes.append(Outcome(True, message_id=mail.message_id))
         return BatchResult(outcomes)
 
     def close(self) -> None:

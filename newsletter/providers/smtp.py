@@ -7,7 +7,7 @@ import ssl
 
 from ..errors import Rejected, Unavailable
 from . import BatchResult, Message, Outcome
-from .mime import to_mime
+from .mime import Encoded, encode
 
 
 class SmtpProvider:
@@ -65,9 +65,9 @@ class SmtpProvider:
     @staticmethod
     def _send_one(server: smtplib.SMTP, message: Message) -> Outcome:
         """One message; raises _Stop when the server refuses the session, not the recipient."""
-        mail = to_mime(message)
+        mail = encode(message)
         try:
-            refused = server.send_message(mail)
+            refused = _send_message(server, mail)
         except smtplib.SMTPRecipientsRefused as e:
             code, text = next(iter(e.recipients.values()))
             return Outcome(False, error=f"{code} {text.decode(errors='replace')}", retry=code < 500)
@@ -82,10 +82,18 @@ class SmtpProvider:
         if refused:
             code, text = next(iter(refused.values()))
             return Outcome(False, error=f"{code} {text.decode(errors='replace')}", retry=code < 500)
-        return Outcome(True, message_id=mail["Message-ID"])
+        return Outcome(True, message_id=mail.message_id)
 
     def close(self) -> None:
         pass
+
+
+def _send_message(server: smtplib.SMTP, mail: Encoded) -> dict:
+    """What `server.send_message` does with the message these bytes are: the envelope from its
+    From and To, and SMTPUTF8 with BODY=8BITMIME for an international address (smtplib raises
+    SMTPNotSupportedError, sending nothing, if the server does not offer SMTPUTF8)."""
+    options = ("SMTPUTF8", "BODY=8BITMIME") if mail.international else ()
+    return server.sendmail(mail.envelope_from, mail.envelope_to, mail.data, options)
 
 
 class _Stop(Exception):
