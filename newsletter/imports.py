@@ -3,14 +3,20 @@
 The rules a careful list owner expects: importing a file twice changes nothing; an address that
 unsubscribed, bounced, complained or was forgotten is never made active again; a bad row is
 reported with its line and the rest still imported; `dry_run` changes nothing.
+
+The file is read, checked and written a chunk of rows at a time. What an import must remember
+from one chunk to the next, the addresses it has met, is kept in a temporary table of the
+database, and the summary keeps counts and the first few lines: memory does not grow with the file.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import re
 from collections import Counter
@@ -20,12 +26,14 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 import sqlalchemy as sa
 
-from .errors import SubscriberError
+from .errors import StoreError, SubscriberError
 from .store import insert_many, reader_categories, readers, utcnow
 from .subscribers import (STOPPED, TRANSITIONS, Consent, ConsentMethod, Status, Subscribers, clean_name,
                           log_event, new_reader_row, normalize_email, transition)
 
-CHUNK = 5000
+CHUNK = 5000  # rows checked and written together: an import holds about one chunk in memory
+INVALID_SHOWN = 20  # invalid lines the summary lists, with their reasons; the rest are counted
+TAGS_COUNTED = 1000  # distinct unmapped tags counted one by one; those of rows beyond are counted together
 
 
 @dataclass
@@ -203,7 +211,7 @@ FORMATS = {f.name: f for f in (Mailchimp(), Substack(), Buttondown(), Generic())
 # -- reading ------------------------------------------------------------------------------------
 
 LINES_SHOWN = 10  # line numbers the summary lists for lines read as Windows-1252
-LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # where a line ends with a bare CR (old Mac files)
+READ_BLOCK = 1 << 16  # bytes read at a time
 
 
 @dataclass
@@ -286,12 +294,18 @@ def _decoded_lines(f: BinaryIO, decoding: Decoding) -> Iterator[str]:
 
 
 def _physical_lines(f: BinaryIO) -> Iterator[bytes]:
-    """Lines ending in LF, CRLF or a bare CR, as a text file opened with newline="" would give them."""
-    for raw in f:
-        if b"\r" in raw and raw.find(b"\r") != len(raw) - 2:  # more than a CRLF at the end
-            yield from filter(None, LONE_CR.split(raw))
-        else:
-            yield raw
+    """Lines ending in LF, CRLF or a bare CR, as a text file opened with newline="" would give them.
+
+    Read a block at a time: `for line in f` splits on LF alone, so a file whose lines end in bare
+    CRs (old Mac files, Excel's "Macintosh" CSV) would be read whole as one line.
+    """
+    rest = b""
+    while block := f.read(READ_BLOCK):
+        lines = (rest + block).splitlines(keepends=True)  # bytes split on LF, CRLF and CR only
+        rest = b"" if lines[-1].endswith(b"\n") else lines.pop()  # a CR may be half a CRLF
+        yield from lines
+    if rest:
+        yield rest
 
 
 def _survey(path: Path) -> tuple[int, str]:
@@ -334,6 +348,9 @@ def _choose_format(path: Path, header: list[str], headers: set[str], fmt: str | 
 
 @dataclass
 class ImportSummary:
+    """What an import did, in counts, and a bounded sample of its lines: its size does not grow
+    with the file."""
+
     path: Path
     format: str
     dry_run: bool
@@ -341,9 +358,22 @@ class ImportSummary:
     updated: int = 0
     unchanged: int = 0
     skipped: Counter = field(default_factory=Counter)  # by reason
-    invalid: list[tuple[int, str]] = field(default_factory=list)
-    unmapped: Counter = field(default_factory=Counter)  # tag -> rows
+    invalid: list[tuple[int, str]] = field(default_factory=list)  # (line, reason): the first INVALID_SHOWN
+    invalid_count: int = 0  # all of them
+    unmapped: Counter = field(default_factory=Counter)  # tag -> rows, for the first TAGS_COUNTED tags
+    unmapped_uncounted: int = 0  # tags of rows beyond those
     decoding: Decoding = field(default_factory=Decoding)  # lines read as Windows-1252
+
+    def add_invalid(self, line: int, reason: str) -> None:
+        self.invalid_count += 1
+        if len(self.invalid) < INVALID_SHOWN:
+            self.invalid.append((line, reason))
+
+    def add_unmapped(self, tag: str) -> None:
+        if tag in self.unmapped or len(self.unmapped) < TAGS_COUNTED:
+            self.unmapped[tag] += 1
+        else:
+            self.unmapped_uncounted += 1
 
     def report_lines(self) -> list[str]:
         added = sum(self.added.values())
@@ -352,9 +382,11 @@ class ImportSummary:
                  f"{'would add' if self.dry_run else 'added'} {added}{f' ({detail})' if added else ''}, "
                  f"{'would update' if self.dry_run else 'updated'} {self.updated}, "
                  f"unchanged {self.unchanged}, skipped {sum(self.skipped.values())}, "
-                 f"invalid {len(self.invalid)}"]
+                 f"invalid {self.invalid_count}"]
         lines += [f"skipped {n}: {reason}" for reason, n in self.skipped.most_common()]
         lines += [f"invalid: line {line}: {reason}" for line, reason in self.invalid]
+        if more := self.invalid_count - len(self.invalid):
+            lines.append(f"invalid: and {more} more line{'s' if more > 1 else ''}")
         if self.decoding.count:
             shown = ", ".join(str(n) for n in self.decoding.lines)
             more = self.decoding.count - len(self.decoding.lines)
@@ -362,7 +394,10 @@ class ImportSummary:
             lines.append(f"not valid UTF-8, read as Windows-1252: line{plural} {shown}"
                          f"{f' and {more} more' if more else ''}")
         if self.unmapped:
-            tags = ", ".join(f"{tag!r} ({n} row{'s' if n != 1 else ''})" for tag, n in self.unmapped.most_common(10))
+            shown = self.unmapped.most_common(10)
+            tags = ", ".join(f"{tag!r} ({n} row{'s' if n != 1 else ''})" for tag, n in shown)
+            if more := len(self.unmapped) - len(shown):
+                tags += f" and {'over ' if self.unmapped_uncounted else ''}{more} more"
             lines.append(f"tags not mapped to a category: {tags}; map one with --map-tag 'TAG=slug'")
         if self.dry_run:
             lines.append("dry run: nothing was changed")
@@ -371,32 +406,32 @@ class ImportSummary:
 
 def import_csv(subs: Subscribers, path: Path, *, fmt: str | None = None, email_column: str | None = None,
                map_tags: dict[str, str] | None = None, categories: Iterable[str] = (),
-               dry_run: bool = False, progress: Callable[[int, int], None] | None = None) -> ImportSummary:
-    """Import the readers of a CSV file; see the module docstring for the rules."""
+               dry_run: bool = False, progress: Callable[[int, int], None] | None = None,
+               chunk_size: int | None = None) -> ImportSummary:
+    """Import the readers of a CSV file, `chunk_size` rows (CHUNK) at a time; see the module
+    docstring for the rules."""
     path = Path(path)
     extra = subs.check_categories(categories)
     mapping = _tag_mapping(subs, map_tags or {})
     source = open_source(path, fmt, email_column)
     summary = ImportSummary(path, source.format.title, dry_run, decoding=source.decoding)
-    importer = _Importer(subs, summary, mapping, extra, f"{source.format.name}:{path.name}")
     done = 0
-    chunk: list[Row] = []
-    for row in source.rows:
-        chunk.append(row)
-        if len(chunk) == CHUNK:
+    with _importer(subs, summary, mapping, extra, f"{source.format.name}:{path.name}") as importer:
+        for chunk in _chunks(source.rows, chunk_size or CHUNK):
             importer.import_chunk(chunk)
             done += len(chunk)
-            chunk = []
             if progress:
                 progress(done, source.total)
-    importer.import_chunk(chunk)
-    if progress:
-        progress(done + len(chunk), source.total)
     if not dry_run:
         with subs.engine.begin() as conn:
             log_event(conn, None, "import", file=path.name, format=source.format.name,
                       added=sum(summary.added.values()), updated=summary.updated)
     return summary
+
+
+def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    while chunk := list(itertools.islice(rows, size)):
+        yield chunk
 
 
 def _tag_mapping(subs: Subscribers, map_tags: dict[str, str]) -> dict[str, str]:
@@ -436,57 +471,142 @@ class _Plan:
                           reason="import")
 
 
-class _Importer:
-    """One import, a chunk of rows at a time: what it has seen so far and what it counts."""
+class _Seen:
+    """The addresses met so far in one import, each with the status its lines gave it, so that the
+    same address twice in a file counts once however far apart the lines are.
 
-    def __init__(self, subs: Subscribers, summary: ImportSummary, mapping: dict[str, str],
-                 extra: tuple[str, ...], consent_source: str):
-        self.subs, self.summary, self.mapping, self.extra = subs, summary, mapping, extra
+    They are kept in a temporary table of the import's connection, not in memory: a dict of ten
+    million addresses would take over a gigabyte, and the import's memory would grow with the
+    file. A dry run keeps them there too; a temporary table is the connection's own and goes with
+    it, so the database is left unchanged. The statements are built once: one built per chunk
+    around its list of addresses ends up in reference cycles that Python frees late, and the
+    import's memory would creep up again.
+    """
+
+    def __init__(self, conn: sa.Connection):
+        self.conn = conn
+        self.postgresql = conn.dialect.name == "postgresql"
+        schema = {"sqlite": "temp", "postgresql": "pg_temp"}.get(conn.dialect.name)
+        self.table = table = sa.Table("import_seen", sa.MetaData(),
+                                      sa.Column("email", sa.String(320), primary_key=True),
+                                      sa.Column("status", sa.String(16), nullable=False),
+                                      schema=schema, prefixes=[] if schema else ["TEMPORARY"],
+                                      sqlite_with_rowid=False)
+        if self.postgresql:
+            # One index probe per address, whatever the planner thinks: for `email IN (...)` it
+            # reads the whole table (narrow rows, no statistics) for every chunk, a cost that
+            # grows with the file.
+            self._find = sa.text(
+                "SELECT s.email, s.status FROM unnest(CAST(:emails AS text[])) AS u(email) CROSS JOIN LATERAL "
+                f"(SELECT email, status FROM {schema}.{table.name} WHERE email = u.email LIMIT 1) AS s")
+            self._add = sa.text(f"INSERT INTO {schema}.{table.name} (email, status) "
+                                "SELECT * FROM unnest(CAST(:emails AS text[]), CAST(:statuses AS text[]))")
+        else:
+            self._find = sa.select(table.c.email, table.c.status).where(
+                table.c.email.in_(sa.bindparam("emails", expanding=True)))
+        self._change = sa.update(table).where(table.c.email == sa.bindparam("b_email")).values(
+            status=sa.bindparam("b_status"))
+
+    def __enter__(self) -> "_Seen":
+        with self.conn.begin():
+            # The schema names only ever a temporary table; one may be left on this pooled
+            # connection by an import that failed.
+            self.conn.execute(sa.schema.DropTable(self.table, if_exists=True))
+            self.conn.execute(sa.schema.CreateTable(self.table))
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            with self.conn.begin():
+                self.conn.execute(sa.schema.DropTable(self.table, if_exists=True))
+        except (StoreError, sa.exc.SQLAlchemyError):
+            if error is None:
+                raise  # else the first error is the one to tell; the next import drops the table
+
+    def statuses(self, addresses: Iterable[str]) -> dict[str, Status]:
+        """The status each of these addresses was given by earlier chunks, if it was met there."""
+        rows = self.conn.execute(self._find, {"emails": list(addresses)})
+        return {email: Status(status) for email, status in rows}
+
+    def record(self, before: dict[str, Status], after: dict[str, Status]) -> None:
+        """Store what a chunk changed: `before` as `statuses` gave it, `after` with the chunk's lines."""
+        new = [(address, status.value) for address, status in after.items() if address not in before]
+        if new and self.postgresql:
+            emails, statuses = zip(*new)
+            self.conn.execute(self._add, {"emails": list(emails), "statuses": list(statuses)})
+        elif new:
+            insert_many(self.conn, self.table, [{"email": email, "status": status} for email, status in new])
+        changed = [{"b_email": address, "b_status": status.value} for address, status in after.items()
+                   if address in before and before[address] != status]
+        if changed:
+            self.conn.execute(self._change, changed)
+
+
+@contextlib.contextmanager
+def _importer(subs: Subscribers, summary: ImportSummary, mapping: dict[str, str], extra: tuple[str, ...],
+              consent_source: str) -> Iterator["_Importer"]:
+    """An importer on a connection of its own, which keeps the addresses it has met (see `_Seen`)."""
+    with subs.engine.connect() as conn, _Seen(conn) as seen:
+        yield _Importer(subs, conn, seen, summary, mapping, extra, consent_source)
+
+
+class _Importer:
+    """One import, a chunk of rows at a time: each chunk is checked, planned and written (unless a
+    dry run) in one transaction. What it keeps between chunks is counts and `_Seen`, so its
+    memory is that of one chunk whatever the size of the file."""
+
+    def __init__(self, subs: Subscribers, conn: sa.Connection, seen: _Seen, summary: ImportSummary,
+                 mapping: dict[str, str], extra: tuple[str, ...], consent_source: str):
+        self.subs, self.conn, self.seen = subs, conn, seen
+        self.summary, self.mapping, self.extra = summary, mapping, extra
         self.consent_source = consent_source
-        self.seen: dict[str, Status] = {}  # address -> the status its rows so far gave it
 
     def import_chunk(self, rows: list[Row]) -> None:
         """Check the rows, plan what they change, and write it (unless a dry run) in one transaction."""
-        wanted = self._wanted(rows)
-        if not wanted:
+        addressed = [(row, address) for row in rows if (address := self._address(row)) is not None]
+        if not addressed:
             return
-        with self.subs.engine.begin() as conn:
-            plan = self._plan(conn, wanted)
-            if not self.summary.dry_run:
-                plan.write(conn)
+        with self.conn.begin():
+            earlier = self.seen.statuses({address for _, address in addressed})
+            wanted, seen = self._wanted(addressed, earlier)
+            self.seen.record(earlier, seen)
+            if wanted:
+                plan = self._plan(self.conn, wanted)
+                if not self.summary.dry_run:
+                    plan.write(self.conn)
 
-    def _wanted(self, rows: list[Row]) -> dict[str, tuple[Row, tuple[str, ...]]]:
-        """Address -> (row, categories) for the rows that count: valid, not skipped, and the first
-        line of each address, unless a later line stops the reader."""
+    def _wanted(self, rows: list[tuple[Row, str]], earlier: dict[str, Status]
+                ) -> tuple[dict[str, tuple[Row, tuple[str, ...]]], dict[str, Status]]:
+        """Address -> (row, categories) for the rows that count: the first line of each address,
+        unless a later line stops the reader; and the status each address has been given so far
+        (`earlier`, from the chunks before, with this chunk's lines)."""
+        seen = dict(earlier)
         wanted: dict[str, tuple[Row, tuple[str, ...]]] = {}
-        for row in rows:
-            address = self._address(row)
-            if address is None:
-                continue
-            if address in self.seen:
-                if not (row.status in STOPPED and self.seen[address] not in STOPPED):
+        for row, address in rows:
+            if address in seen:
+                if not (row.status in STOPPED and seen[address] not in STOPPED):
                     self.summary.skipped["the same address is on an earlier line"] += 1
                     continue
                 if address in wanted:  # the earlier line is in this chunk: it takes the stop
                     first, slugs = wanted[address]
                     wanted[address] = (dataclasses.replace(first, status=row.status), slugs)
-                    self.seen[address] = row.status
+                    seen[address] = row.status
                     continue
-            self.seen[address] = row.status
+            seen[address] = row.status
             wanted[address] = (row, self._slugs(row))
-        return wanted
+        return wanted, seen
 
     def _address(self, row: Row) -> str | None:
         """The row's address, normalized; None for a row that is invalid or skipped (counted)."""
         if row.invalid:
-            self.summary.invalid.append((row.line, row.invalid))
+            self.summary.add_invalid(row.line, row.invalid)
         elif row.skip:
             self.summary.skipped[row.skip] += 1
         else:
             try:
                 return normalize_email(row.email)
             except SubscriberError as e:
-                self.summary.invalid.append((row.line, str(e)))
+                self.summary.add_invalid(row.line, str(e))
         return None
 
     def _slugs(self, row: Row) -> tuple[str, ...]:
@@ -495,7 +615,7 @@ class _Importer:
         for tag in row.tags:
             slug = self.mapping.get(tag.lower())
             if slug is None:
-                self.summary.unmapped[tag] += 1
+                self.summary.add_unmapped(tag)
             elif slug not in slugs:
                 slugs.append(slug)
         return tuple(slugs)

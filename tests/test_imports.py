@@ -290,3 +290,128 @@ def test_import_recognises_hashes_kept_before_the_key(subs):
     summary = import_csv(subs, DATA / "mailchimp_subscribed.csv")
     assert summary.skipped["forgotten at the reader's request"] == 2
     assert subs.get("alice.moreau@example.com") is None and subs.get("ben.okafor@example.net") is None
+
+
+# -- a file of any size: the rules across chunks, a bounded summary -------------------------------
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_the_same_address_in_different_chunks_counts_once(subs, tmp_path, dry_run):
+    subs.add("left@example.com", consent=Consent(ConsentMethod.FORM))
+    subs.change_status("left@example.com", Status.UNSUBSCRIBED)
+    before = snapshot(subs)
+    path = tmp_path / "chunks.csv"
+    path.write_text("email,status\n"
+                    "a@example.com,active\nleft@example.com,active\n"  # chunk 1
+                    "b@example.com,pending\nA@Example.com,active\n"  # chunk 2: a again
+                    "Left@example.com,active\nb@example.com,active\n"  # chunk 3: left and b again
+                    "a@example.com,active\n")  # chunk 4: a a third time
+    summary = import_csv(subs, path, chunk_size=2, dry_run=dry_run)
+    assert summary.added == {"active": 1, "pending": 1} and summary.updated == 0
+    assert summary.skipped == {"the same address is on an earlier line": 4,
+                               "unsubscribed here: an import never makes them active again": 1}
+    if dry_run:
+        assert snapshot(subs) == before
+    else:
+        assert subs.get("b@example.com").status == Status.PENDING  # its first line counts
+        assert [r.email for r in subs.iter_readers()].count("a@example.com") == 1
+        assert import_csv(subs, path, chunk_size=2).skipped["the same address is on an earlier line"] == 4
+
+
+def test_a_stop_in_a_later_chunk_is_remembered_in_the_chunks_after(subs, tmp_path):
+    path = tmp_path / "stops.csv"
+    path.write_text("email,status\ny@example.com,active\nx@example.com,active\n"  # chunk 1
+                    "y@example.com,unsubscribed\nz@example.com,active\n"  # chunk 2: y leaves
+                    "y@example.com,bounced\nY@example.com,active\n")  # chunk 3: y has already left
+    summary = import_csv(subs, path, chunk_size=2)
+    assert summary.added == {"active": 3} and summary.updated == 1 and summary.unchanged == 0
+    assert summary.skipped == {"the same address is on an earlier line": 2}
+    assert subs.get("y@example.com").status == Status.UNSUBSCRIBED
+
+
+def test_an_import_leaves_no_table_behind(subs, tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("email\nana@example.com\nana@example.com\n")
+    for _ in range(2):  # the second import on the same pooled connection starts afresh
+        assert import_csv(subs, path, chunk_size=1).skipped == {"the same address is on an earlier line": 1}
+    assert "import_seen" not in sa.inspect(subs.engine).get_table_names()
+    with subs.engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            temporary = conn.execute(sa.text("SELECT name FROM sqlite_temp_master")).scalars().all()
+        else:
+            temporary = conn.execute(sa.text("SELECT relname FROM pg_class WHERE relnamespace = pg_my_temp_schema()")).scalars().all()
+    assert "import_seen" not in temporary
+
+
+def test_more_bad_rows_than_the_summary_lists(subs, tmp_path):
+    from newsletter.imports import INVALID_SHOWN
+
+    bad = INVALID_SHOWN + 13
+    path = tmp_path / "bad.csv"
+    path.write_text("email,name\n" + "".join(f"reader{i}@example.com,Reader {i}\nbroken-{i},Broken\n"
+                                             for i in range(bad)))
+    summary = import_csv(subs, path, chunk_size=7)
+    assert summary.added == {"active": bad} and subs.get(f"reader{bad - 1}@example.com") is not None
+    assert summary.invalid_count == bad
+    assert [line for line, _ in summary.invalid] == [3 + 2 * i for i in range(INVALID_SHOWN)]
+    report = summary.report_lines()
+    assert report[1] == f"added {bad} ({bad} active), updated 0, unchanged 0, skipped 0, invalid {bad}"
+    assert report[2] == "invalid: line 3: invalid email address 'broken-0': An email address must have an @-sign."
+    assert report[2 + INVALID_SHOWN] == "invalid: and 13 more lines"
+
+
+def test_many_unmapped_tags_are_summarized(subs, tmp_path):
+    from newsletter.imports import TAGS_COUNTED
+
+    path = tmp_path / "tags.csv"
+    path.write_text("email,tags\n" + "".join(f"r{i}@example.com,Common;T{i}\n" for i in range(TAGS_COUNTED + 5)))
+    summary = import_csv(subs, path, chunk_size=100)
+    assert len(summary.unmapped) == TAGS_COUNTED and summary.unmapped["Common"] == TAGS_COUNTED + 5
+    assert summary.unmapped_uncounted == 6  # T999 ... T1004: the first thousand were Common and T0 ... T998
+    line = next(line for line in summary.report_lines() if line.startswith("tags not mapped"))
+    assert line.startswith(f"tags not mapped to a category: 'Common' ({TAGS_COUNTED + 5} rows), 'T0' (1 row), ")
+    assert line.endswith(f" and over {TAGS_COUNTED - 10} more; map one with --map-tag 'TAG=slug'")
+
+
+def test_lines_ending_in_bare_crs_are_read_a_block_at_a_time(monkeypatch):
+    """`for line in file` splits on LF only: a file of bare CRs would be read whole, as one line."""
+    import io
+
+    import newsletter.imports as imports
+
+    data = b"".join(b"r%d@example.com,Reader\r" % i for i in range(50_000))  # 1.3 MB
+    f = io.BytesIO(data)
+    lines = imports._physical_lines(f)
+    assert next(lines) == b"r0@example.com,Reader\r"
+    assert f.tell() <= imports.READ_BLOCK
+    assert [b"r0@example.com,Reader\r", *lines] == data.splitlines(keepends=True)
+    monkeypatch.setattr(imports, "READ_BLOCK", 3)  # a CRLF and a CR cut between blocks, lines longer than one
+    mixed = b"a\r\nbb\rccc\n\r\r\ndddd\r\n\neeeee"
+    assert list(imports._physical_lines(io.BytesIO(mixed))) == mixed.splitlines(keepends=True)
+    assert list(imports._physical_lines(io.BytesIO(mixed))) == [
+        b"a\r\n", b"bb\r", b"ccc\n", b"\r", b"\r\n", b"dddd\r\n", b"\n", b"eeeee"]
+
+
+def test_memory_does_not_grow_with_the_file(subs, tmp_path):
+    """Between chunks an import holds counts, not rows: what is still allocated after each chunk
+    stays level from the second chunk to the last. (An address kept per row, as a set of those
+    seen, or a reason kept per bad line, would add some 80 kB a chunk here.)"""
+    import gc
+    import tracemalloc
+
+    rows = 4_000
+    path = tmp_path / "many.csv"
+    path.write_text("email,name,tags\n" + "".join(f"reader{i}@example.com,Reader {i},Essays\nbroken-{i},,\n"
+                                                  for i in range(rows)))
+    held = []
+
+    def after_each_chunk(done: int, total: int) -> None:
+        gc.collect()  # what is left is what the import holds on to
+        held.append(tracemalloc.get_traced_memory()[0])
+
+    tracemalloc.start()
+    try:
+        summary = import_csv(subs, path, chunk_size=500, progress=after_each_chunk)
+    finally:
+        tracemalloc.stop()
+    assert summary.added == {"active": rows} and summary.invalid_count == rows and len(held) == 16
+    assert max(held[1:]) - held[1] < 100_000, [h - held[1] for h in held]
