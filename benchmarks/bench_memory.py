@@ -4,7 +4,7 @@ the run's setup (the snapshot of who is due, copied into the ledger).
 
 Goals: every peak at most 120 MB and flat in N; the setup of 1M readers within 5 s on SQLite.
 A real send of millions of emails would take hours (and the outbox as many files): each real
-send here runs for `--seconds` (default 15) and is then paused with SIGINT, as Ctrl-C does. The
+send here sends for `--seconds` (default 15) after its setup and is then paused with SIGINT, as Ctrl-C does. The
 peak covers what grows with the list (planning, the snapshot, counting) and the steady state of
 the loop (a batch at a time), which is where memory could grow with N.
 Run: .venv/bin/python benchmarks/bench_memory.py [--sizes 100000,1000000,10000000] [--db sqlite,postgresql]
@@ -67,8 +67,15 @@ def child(args: list[str], env: dict, seconds: float | None) -> dict:
 
     from newsletter.cli import main
 
-    if seconds:  # a real send of millions: pause it after a while, as Ctrl-C would
-        threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    if seconds:  # a real send of millions: pause it once it has sent a while, as Ctrl-C would
+        from newsletter import send
+
+        work = send.Sender.work
+
+        def timed_work(self, run, on_progress=None):
+            threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+            return work(self, run, on_progress)
+        send.Sender.work = timed_work
     started = time.perf_counter()
     try:
         code = main(args)
