@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -88,7 +89,28 @@ def parse_categories(settings: Settings, value: str | None) -> list[str] | None:
     return list(dict.fromkeys(by_name[p] for p in parts))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The top-level group. A command's module is imported when the command is looked up, so
+    `newsletter send` (or a worker) does not load the web app, the scheduler or the importer:
+    a process holds only what its job needs, in memory and in start-up time."""
+
+    MODULES = {  # command -> the module that defines it (tests/test_cli.py holds this to the modules)
+        "admin-password": "cli_stats", "bounces": "cli_bounces", "db": "cli_subscribers", "pause": "cli_worker", 
+        "resume": "cli_send", "runs": "cli_send", "schedule": "cli_schedule", "scheduler": "cli_schedule",
+        "send": "cli_send", "send-due": "cli_schedule", "serve": "cli_web", "stats": "cli_stats",
+        "subscribers": "cli_subscribers", "webhooks": "cli_webhooks", "worker": "cli_worker",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.MODULES})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in self.MODULES:
+            importlib.import_module(f"{__package__}.{self.MODULES[name]}")  # its decorators register it
+        return self.commands.get(name)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", type=click.Path(dir_okay=False), envvar="NEWSLETTER_CONFIG",
               help="Settings file (default: ./newsletter.toml).")
 @click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
@@ -219,5 +241,3 @@ def _first_line(error: BaseException) -> str:
 def run() -> None:
     sys.exit(main())
 
-
-from . import cli_bounces, cli_schedule, cli_send, cli_stats, cli_subscribers, cli_web, cli_webhooks, cli_worker  # noqa: E402,F401  (register their commands)

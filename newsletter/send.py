@@ -199,7 +199,7 @@ class Composer:
         links = self.reader_links.for_reader(self.digest.slug, recipient.token, recipient.variant)
         return Message(
             key=key, to=recipient.email, sender=self.settings.sender, reply_to=self.settings.reply_to,
-            subject=variant.subject, html=variant.html.fill(links), text=variant.text.fill(links),
+            subject=variant.subject,
             headers={"List-Unsubscribe": f"<{links['unsubscribe_url']}>",
                      "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "List-Id": self.list_id},
             tags={"issue": self.tag_issue, "variant": recipient.variant},
@@ -382,6 +382,7 @@ class Sender:
                 continue
             messages = [self.composer.message(f"r{run_id}-{r.delivery_id}", r) for r in batch.recipients]
             pause = self._deliver(run_id, batch, messages, progress)
+            del messages  # before the next batch's are made
             if pause is not None:
                 return pause
             if on_progress:

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import urllib.request
 
+import click
 import pytest
 
 from newsletter.cli import cli
@@ -13,12 +14,32 @@ from .test_digest import GOOD
 
 
 def test_every_command_has_help(run):
-    commands = dict(cli.commands)
-    assert {"check", "preview"} <= set(commands)
+    with click.Context(cli) as ctx:
+        commands = {name: cli.get_command(ctx, name) for name in cli.list_commands(ctx)}
+    assert {"check", "preview", "send", "serve", "worker"} <= set(commands)
     for name, command in commands.items():
         assert command.help and len(command.help.strip()) > 20, name
         result = run(name, "--help")
         assert result.code == 0 and "Usage: newsletter" in result.out
+
+
+def test_each_command_is_found_in_its_module():
+    """The top-level group imports a command's module when it is asked for: the map it goes by
+    must name every command where it is defined."""
+    import importlib
+
+    for module in set(cli.MODULES.values()):
+        importlib.import_module(f"newsletter.{module}")
+    defined = {name: command.callback.__module__ for name, command in cli.commands.items()
+               if command.callback.__module__ != "newsletter.cli"}
+    assert defined == {name: f"newsletter.{module}" for name, module in cli.MODULES.items()}
+
+
+def test_a_send_loads_neither_the_web_app_nor_the_scheduler():
+    code = ("import sys\nfrom newsletter.cli import main\nmain(['send', '--help'])\n"
+            "print(sorted(m for m in ('flask', 'apscheduler', 'werkzeug') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.splitlines()[-1] == "[]" and "Usage: newsletter send" in out.stdout
 
 
 def test_preview_writes_html_and_reports(run, tmp_path):

@@ -14,21 +14,41 @@ if TYPE_CHECKING:
     from .mime import Template
 
 
-@dataclass
 class Message:
-    key: str  # unique per delivery: names outbox files, and links answers to ledger rows
-    to: str
-    sender: str
-    subject: str
-    html: str
-    text: str
-    reply_to: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)  # List-Unsubscribe, List-Id, ...
-    tags: dict[str, str] = field(default_factory=dict)
-    # The variant's message encoded once, and this reader's values for its placeholders (html and
-    # text are the template's parts filled with them): the outbox and SMTP write its bytes from these.
-    template: Template | None = None
-    links: dict[str, str] = field(default_factory=dict)
+    """One reader's email as a provider takes it.
+
+    A message from the send engine carries its variant's `template` (the message encoded once)
+    and this reader's `links`: its `html` and `text` are the template's parts filled with them,
+    made when read and not kept, so a batch in memory is a few hundred bytes a reader, not the
+    70 KB of its HTML. The outbox and SMTP write the bytes from the template; Resend reads `html`.
+    Other messages (a signup's confirmation, the scheduler's reports) give `html` and `text`."""
+
+    __slots__ = ("key", "to", "sender", "subject", "_html", "_text", "reply_to", "headers", "tags",
+                 "template", "links")
+
+    def __init__(self, key: str, to: str, sender: str, subject: str, html: str | None = None,
+                 text: str | None = None, reply_to: str | None = None, headers: dict[str, str] | None = None,
+                 tags: dict[str, str] | None = None, template: Template | None = None,
+                 links: dict[str, str] | None = None):
+        if template is None and (html is None or text is None):
+            raise TypeError("a Message needs html and text, or a template")
+        self.key = key  # unique per delivery: names outbox files, and links answers to ledger rows
+        self.to, self.sender, self.subject, self.reply_to = to, sender, subject, reply_to
+        self._html, self._text = html, text
+        self.headers = headers if headers is not None else {}  # List-Unsubscribe, List-Id, ...
+        self.tags = tags if tags is not None else {}
+        self.template, self.links = template, links if links is not None else {}
+
+    @property
+    def html(self) -> str:
+        return self._html if self._html is not None else self.template.html.fill(self.links)
+
+    @property
+    def text(self) -> str:
+        return self._text if self._text is not None else self.template.text.fill(self.links)
+
+    def __repr__(self) -> str:
+        return f"Message(key={self.key!r}, to={self.to!r}, subject={self.subject!r})"
 
 
 @dataclass
