@@ -16,11 +16,35 @@ import resend
 from resend.exceptions import ResendError
 from resend.http_client import HTTPClient
 
+
+
+class Part:
+    """A message's HTML or plain text, made only as the request body is written (`_dumps`): a
+    batch in memory holds one reader's 70 KB of HTML at a time, not a hundred of them."""
+
+    __slots__ = ("message", "html")
+
+    def __init__(self, message: Message, *, html: bool):
+        self.message, self.html = message, html
+
+    def __str__(self) -> str:
+        return self.message.html if self.html else self.message.text
+
+
+def _part(value: object) -> str:
+    if isinstance(value, Part):
+        return str(value)
+    raise TypeError(f"cannot send a {type(value).__name__} in a request to Resend")
+
+
 try:  # about three times faster than json for a batch of 100 emails of 50 KB
-    from orjson import dumps as _dumps
+    import orjson
+
+    def _dumps(value) -> bytes:
+        return orjson.dumps(value, default=_part)
 except ImportError:  # pragma: no cover
     def _dumps(value) -> bytes:
-        return json.dumps(value).encode()
+        return json.dumps(value, default=_part).encode()
 
 from ..errors import ProviderError, QuotaExceeded, RateLimited, Rejected, Unavailable
 from . import BatchResult, Message, Outcome
@@ -140,7 +164,7 @@ def _causes(error: BaseException) -> list[BaseException]:
 
 def _params(message: Message) -> dict:
     params = {"from": message.sender, "to": [message.to], "subject": message.subject,
-              "html": message.html, "text": message.text, "headers": message.headers,
+              "html": Part(message, html=True), "text": Part(message, html=False), "headers": message.headers,
               "tags": [{"name": TAG_UNSAFE.sub("_", k), "value": TAG_UNSAFE.sub("_", v)[:256]}
                        for k, v in message.tags.items()]}
     if message.reply_to:
