@@ -99,7 +99,15 @@ class Audience:
     """Who a new run of an issue is for, as the database computes it: every active reader the
     issue has a story for, with the variant they get (see `send.variant_for`, which this follows
     rule for rule), less the readers an earlier run of the issue reached (`leave_out`: the
-    issue's slug, or None to send to everyone)."""
+    issue's slug, or None to send to everyone).
+
+    Each active reader's categories are read once, by one index range scan, into integers
+    (`masks`): in the first, bit 0 says they chose any category at all, and bit i + 1 that they
+    chose the issue's i-th; past BITS categories, the next integer goes on. The variant, whether
+    they are due and the counts are then arithmetic on those integers. A join of readers with
+    their categories grouped per reader costs a temporary index as large as the list."""
+
+    BITS = 30  # categories per integer: its sums stay within a 32-bit integer on every database
 
     categories: tuple[str, ...]  # the categories the issue's stories carry
     open_story: bool  # some story is for everyone
@@ -107,25 +115,46 @@ class Audience:
     none_key: str  # the variant of readers whose categories the issue has none of
     leave_out: str | None = None
 
-    def source(self):
-        return readers.outerjoin(self.chosen, self.chosen.c.reader_id == readers.c.id)
+    @cached_property
+    def active(self):
+        """Active readers: their id and their masks."""
+        slugs = sorted(self.categories)  # sorted: the variant key lists them in order
+        groups = [slugs[n:n + self.BITS] for n in range(0, len(slugs), self.BITS)] or [[]]
+        masks = []
+        for n, group in enumerate(groups):
+            bits = sa.case({slug: 2 << i for i, slug in enumerate(group)}, value=reader_categories.c.category,
+                           else_=0) if group else sa.literal(0)
+            mask = sa.func.coalesce(sa.func.sum(bits), 0)
+            if n == 0:
+                mask = mask + sa.case((sa.func.count() > 0, 1), else_=0)
+            masks.append(sa.select(mask).where(reader_categories.c.reader_id == readers.c.id)
+                         .scalar_subquery().label(f"m{n}"))
+        # OFFSET 0: each mask is computed once per reader, not again wherever it is used
+        # (SQLite would fold the subquery into the query around it, PostgreSQL likewise).
+        return (sa.select(readers.c.id, *masks).where(readers.c.status == Status.ACTIVE.value)
+                .offset(0).subquery("active"))
 
-    def columns(self):
-        chosen = self.chosen
+    def _bits(self):
+        """(slug, mask column, bit) for each of the issue's categories."""
+        slugs = sorted(self.categories)
+        return [(slug, self.active.c[f"m{n // self.BITS}"], 2 << (n % self.BITS)) for n, slug in enumerate(slugs)]
+
+    def _chose_some(self):
+        """The reader chose one of the issue's categories."""
+        groups = len(self.active.c) - 1
+        return sa.or_(self.active.c.m0 > 1, *[self.active.c[f"m{n}"] > 0 for n in range(1, groups)])
+
+    def variant(self):
         kept = sa.literal("")
-        for i, slug in enumerate(sorted(self.categories)):  # sorted: the key lists them in order
-            kept = kept + sa.case((chosen.c[f"k{i}"] == 1, sa.literal(slug + "+")), else_=sa.literal(""))
+        for slug, mask, bit in self._bits():
+            kept = kept + sa.case((mask.op("&")(bit) != 0, sa.literal(slug + "+")), else_=sa.literal(""))
         kept = sa.func.rtrim(kept, "+")  # slugs never end in "+"
-        variant = sa.case((chosen.c.n.is_(None), sa.literal(self.all_key)), (kept != "", kept),
-                          else_=sa.literal(self.none_key))
-        return readers.c.id, variant
+        return sa.case((self.active.c.m0 == 0, sa.literal(self.all_key)), (self._chose_some(), kept),
+                       else_=sa.literal(self.none_key))
 
     def wanted(self):
         """Active readers the issue has a story for."""
-        chosen = self.chosen
-        some = sa.or_(*[chosen.c[f"k{i}"] == 1 for i in range(len(self.categories))], sa.false())
-        return sa.and_(readers.c.status == Status.ACTIVE.value,
-                       sa.or_(chosen.c.n.is_(None), some, sa.literal(self.open_story)))
+        return sa.or_(self.active.c.m0 == 0, self._chose_some(), sa.literal(self.open_story))
 
     def new(self):
         """Readers no earlier run of the issue reached, or may have (see `Ledger.had_it`)."""
@@ -133,7 +162,7 @@ class Audience:
             return sa.true()
         earlier = deliveries.alias("earlier")
         return ~sa.exists().where(
-            earlier.c.reader_id == readers.c.id,
+            earlier.c.reader_id == self.active.c.id,
             earlier.c.run_id.in_(sa.select(send_runs.c.id).where(send_runs.c.issue == self.leave_out)),
             sa.or_(earlier.c.state == State.SENT.value,
                    sa.and_(earlier.c.state == State.FAILED.value, earlier.c.batch_key.is_not(None))))
@@ -141,13 +170,21 @@ class Audience:
     def due(self):
         return sa.and_(self.wanted(), self.new())
 
-    @cached_property
-    def chosen(self):
-        """Per reader with categories: how many, and whether each of the issue's is among them."""
-        chosen = [sa.func.max(sa.case((reader_categories.c.category == slug, 1), else_=0)).label(f"k{i}")
-                  for i, slug in enumerate(sorted(self.categories))]
-        return (sa.select(reader_categories.c.reader_id, sa.func.count().label("n"), *chosen)
-                .group_by(reader_categories.c.reader_id).subquery("chosen"))
+    def variant_of(self, masks: tuple[int, ...]) -> str | None:
+        """The variant of a reader with these masks (as `variant` computes it in SQL), or None
+        if the issue has no story for them."""
+        if not any(masks):
+            return self.all_key
+        kept = [slug for slug, column, bit in self._bits() if masks[int(column.name[1:])] & bit]
+        if kept:
+            return "+".join(kept)
+        return self.none_key if self.open_story else None
+
+    def counted(self):
+        """Active readers per combination of masks, and whether an earlier run reached them."""
+        masks = [c for c in self.active.c if c.name != "id"]
+        reached = sa.case((self.new(), 0), else_=1).label("reached")
+        return sa.select(*masks, reached, sa.func.count()).group_by(*masks, reached)
 
 
 def _owner() -> str:
@@ -178,10 +215,10 @@ class Ledger:
                     settings_sha256=settings_sha256, subject=subject, provider=provider,
                     status=RunStatus.SENDING.value, created_at=now, updated_at=now)).inserted_primary_key[0]
                 if audience is not None:
-                    reader_id, variant = audience.columns()
-                    rows = (sa.select(sa.literal(run_id), reader_id, variant, sa.literal(State.QUEUED.value),
+                    reader_id = audience.active.c.id
+                    rows = (sa.select(sa.literal(run_id), reader_id, audience.variant(), sa.literal(State.QUEUED.value),
                                       sa.literal(0), sa.literal(now, UTCDateTime()))
-                            .select_from(audience.source()).where(audience.due()).order_by(reader_id))
+                            .where(audience.due()).order_by(reader_id))
                     conn.execute(sa.insert(deliveries).from_select(
                         ["run_id", "reader_id", "variant", "state", "attempts", "updated_at"], rows))
                 chunk: list[dict] = []
@@ -202,16 +239,17 @@ class Ledger:
         """Readers per variant, active readers none of whose categories the issue has, and due
         readers left out because an earlier run of the issue reached them: counted by the
         database, as `create_run` would copy them now."""
-        reader_id, variant = audience.columns()
-        with self.engine.connect() as conn:
-            per_variant = dict(conn.execute(sa.select(variant, sa.func.count()).select_from(audience.source())
-                                            .where(audience.due()).group_by(variant)).all())
-            not_due = conn.execute(sa.select(sa.func.count()).select_from(audience.source())
-                                   .where(~audience.wanted())).scalar_one()
-            had_it = 0
-            if audience.leave_out is not None:
-                had_it = conn.execute(sa.select(sa.func.count()).select_from(audience.source())
-                                      .where(audience.wanted(), ~audience.new())).scalar_one()
+        per_variant: dict[str, int] = {}
+        not_due = had_it = 0
+        with self.engine.connect() as conn:  # one pass over the readers, grouped by integers
+            for *masks, reached, count in conn.execute(audience.counted()):
+                variant = audience.variant_of(tuple(masks))
+                if variant is None:
+                    not_due += count
+                elif reached:
+                    had_it += count
+                else:
+                    per_variant[variant] = per_variant.get(variant, 0) + count
         return dict(sorted(per_variant.items())), not_due, had_it
 
     def run(self, run_id: int) -> Run:
@@ -288,6 +326,13 @@ class Ledger:
                                       .where(deliveries.c.run_id == run_id)
                                       .group_by(deliveries.c.state)).all())
         return {s.value: found.get(s.value, 0) for s in State}
+
+    def variant_sizes(self, run_id: int) -> dict[str, int]:
+        """How many readers of the run get each variant."""
+        with self.engine.connect() as conn:
+            return dict(sorted(conn.execute(sa.select(deliveries.c.variant, sa.func.count())
+                                            .where(deliveries.c.run_id == run_id)
+                                            .group_by(deliveries.c.variant)).all()))
 
     def counts_by_variant(self, run_id: int) -> dict[str, dict[str, int]]:
         """`counts` for each variant of the run."""

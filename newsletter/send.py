@@ -246,8 +246,7 @@ def open_run(ledger: Ledger, digest: Digest, subscribers: Subscribers, provider:
     # records its text. The web archive shows the issue once a run of it has finished.
     record_issue(ledger.engine, digest, source)
     # Who is in the run is what the database copied: counted there, per variant.
-    copied = {key: sum(states.values()) for key, states in ledger.counts_by_variant(run.id).items()}
-    return run, Plan(copied, due.not_due, due.had_it, due.audience)
+    return run, Plan(ledger.variant_sizes(run.id), due.not_due, due.had_it, due.audience)
 
 
 def check_unchanged(run: Run, digest: Digest, settings: Settings) -> None:

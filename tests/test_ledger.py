@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from newsletter.errors import SendError
-from newsletter.ledger import Ledger, State
+from newsletter.ledger import Audience, Ledger, State
 from newsletter.providers import Outcome
 from newsletter.store import create_engine, deliveries, send_batches, send_runs, utcnow
 from newsletter.subscribers import Consent, ConsentMethod
@@ -193,3 +193,45 @@ def test_pausing_a_run_is_seen_by_every_process_and_the_failure_streak_is_shared
     assert not ledger.pause(run.id, "paused by the user"), "the first pause's reason stays"
     paused = ledger.run(run.id)
     assert (paused.status.value, paused.reason, paused.transient) == ("paused", "quota exceeded", True)
+
+
+def test_the_database_gives_every_reader_the_variant_send_gives_them(db_url):
+    """`Audience` computes in SQL, from per-reader bit masks, what `send.variant_for` decides in
+    Python: the same variant for every reader, the same readers left out, whatever the issue's
+    categories (more than one mask's worth of them too) and whether a story is for everyone."""
+    import random
+
+    from newsletter.config import Category
+    from newsletter.send import ALL, variant_for
+    from newsletter.subscribers import Status, Subscribers
+
+    pick = random.Random(12)
+    slugs = [f"c{n:02d}" for n in range(70)]
+    subs = Subscribers.open(db_url, [Category(s, s.upper()) for s in slugs])
+    readers = {}
+    for n in range(240):
+        chosen = pick.sample(slugs, pick.choice([0, 0, 1, 2, 3, 8, 40]))
+        status = Status.ACTIVE if n % 7 else Status.UNSUBSCRIBED
+        reader = subs.add(f"r{n}@example.com", categories=chosen, status=status,
+                          consent=Consent(ConsentMethod.FORM))
+        readers[reader.id] = (set(chosen), status)
+    ledger = Ledger(subs.engine)
+    for size in (0, 1, 4, 29, 30, 31, 65):
+        for open_story in (False, True):
+            issue = set(pick.sample(slugs, size))
+            audience = Audience(tuple(sorted(issue)), open_story, all_key=ALL, none_key="none")
+            expected = {rid: variant_for(cats, issue, open_story) for rid, (cats, status) in readers.items()
+                        if status == Status.ACTIVE}
+            due = {rid: v for rid, v in expected.items() if v is not None}
+            per_variant, not_due, had_it = ledger.count_audience(audience)
+            counted = {}
+            for v in due.values():
+                counted[v] = counted.get(v, 0) + 1
+            assert (per_variant, not_due, had_it) == (dict(sorted(counted.items())), len(expected) - len(due), 0)
+            run = ledger.create_run(issue=f"i{size}{open_story}", digest_path="i.md", digest_sha256="d",
+                                    settings_sha256="s", subject="I", provider="outbox", audience=audience)
+            with subs.engine.connect() as conn:
+                copied = dict(conn.execute(sa.select(deliveries.c.reader_id, deliveries.c.variant)
+                                           .where(deliveries.c.run_id == run.id)).all())
+            assert copied == due, (size, open_story)
+    subs.close()
