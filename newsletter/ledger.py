@@ -187,6 +187,15 @@ class Audience:
         return sa.select(*masks, reached, sa.func.count()).group_by(*masks, reached)
 
 
+RUNS_CHANNEL = "newsletter_runs"  # PostgreSQL NOTIFY channel: a run started or resumed (workers.Wakeup)
+
+
+def _announce(conn: sa.Connection, run_id: int) -> None:
+    """Wake idle workers when this transaction commits: a run is being sent."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_notify(RUNS_CHANNEL, str(run_id))))
+
+
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -214,6 +223,7 @@ class Ledger:
                     issue=issue, digest_path=digest_path, digest_sha256=digest_sha256,
                     settings_sha256=settings_sha256, subject=subject, provider=provider,
                     status=RunStatus.SENDING.value, created_at=now, updated_at=now)).inserted_primary_key[0]
+                _announce(conn, run_id)
                 if audience is not None:
                     reader_id = audience.active.c.id
                     rows = (sa.select(sa.literal(run_id), reader_id, audience.variant(), sa.literal(State.QUEUED.value),
@@ -278,6 +288,8 @@ class Ledger:
             values["failures"] = 0
         with self.engine.begin() as conn:
             conn.execute(sa.update(send_runs).where(send_runs.c.id == run_id).values(**values))
+            if status == RunStatus.SENDING:
+                _announce(conn, run_id)
 
     def take_retry(self, run: Run) -> bool:
         """Count one retry of paused `run` by a scheduler; False if another process took it (or

@@ -10,13 +10,16 @@ until `batch_lease` runs out; another worker then sends it again, as the same re
 
 A worker renders each run's variants from the digest text the run recorded (the archive's
 copy), so it needs no digest files, only the same settings (`name`, `sender`, `reply_to`,
-`base_url`: checked against the run) and the secret key for view links.
+`base_url`: checked against the run) and the secret key for view links. An idle worker LISTENs
+for the NOTIFY that starting or resuming a run sends, and takes the run up at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -25,7 +28,7 @@ from sqlalchemy.engine import Engine
 from .config import Settings, load_secret_key
 from .digest import Digest, load_digest
 from .errors import NewsletterError, SendError
-from .ledger import Ledger, Run
+from .ledger import RUNS_CHANNEL, Ledger, Run
 from .providers import Provider, make_provider
 from .render import Renderer
 from .send import Composer, Sender, Variant, digest_sha256, prepare, settings_sha256
@@ -72,6 +75,55 @@ def load_run(settings: Settings, ledger: Ledger, run: Run) -> Prepared:
     return Prepared(digest, prepare(Renderer(settings), digest, settings, ledger.variants(run.id)))
 
 
+class Wakeup:
+    """An idle worker's wait for the next run: on its own connection, LISTENing for the NOTIFY
+    that starting or resuming a run sends (`ledger.RUNS_CHANNEL`), so a new run is taken up at
+    once instead of at the next look. If the connection fails, the wait is a plain one (the
+    worker still looks for runs, backing off) and it listens again at the next wait."""
+
+    SLICE = 0.25  # seconds between looks at `stop` while waiting for a notification
+
+    def __init__(self, engine: Engine, stop: threading.Event):
+        self.engine, self.stop = engine, stop
+        self.raw = None
+
+    def wait(self, seconds: float) -> bool:
+        """Wait up to `seconds`, until a run is announced or `stop` is set: True if one was."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            connection = self._listening()
+            if connection is None:
+                self.stop.wait(left)
+                return False
+            try:
+                if any(True for _ in connection.notifies(timeout=min(left, self.SLICE), stop_after=1)):
+                    return True
+            except Exception as e:  # noqa: BLE001  (any driver error: listen again next time)
+                log.warning("no longer listening for new runs (%s); looking every few seconds", e)
+                self.close()
+        return False
+
+    def _listening(self):
+        if self.raw is None:
+            try:
+                self.raw = self.engine.raw_connection()
+                self.raw.driver_connection.autocommit = True  # notifications arrive between transactions
+                self.raw.driver_connection.execute(f"LISTEN {RUNS_CHANNEL}")
+            except Exception:  # noqa: BLE001
+                self.close()
+                return None
+        return self.raw.driver_connection
+
+    def close(self) -> None:
+        if self.raw is not None:
+            with contextlib.suppress(Exception):
+                self.raw.invalidate()  # never back into the pool in LISTEN and autocommit
+            self.raw = None
+
+
 class Worker:
     """One process's share of the sending: every run being sent, batch by batch, until stopped
     (or, with `exit_when_idle`, until no run has work left)."""
@@ -87,6 +139,7 @@ class Worker:
         self.prepared: dict[int, Prepared] = {}
         self.refused: set[int] = set()  # runs this worker cannot send (logged once)
         self.view_key = load_secret_key(settings)
+        self.wakeup = Wakeup(engine, self.stop)
 
     def run(self) -> None:
         idle = IDLE_FIRST
@@ -101,8 +154,10 @@ class Worker:
                 continue
             if self.exit_when_idle and not self._work_left():
                 return
-            self.stop.wait(idle)
-            idle = min(IDLE_MOST, idle * 2)
+            if self.wakeup.wait(idle):
+                idle = IDLE_FIRST
+            else:
+                idle = min(IDLE_MOST, idle * 2)
 
     def _work_left(self) -> bool:
         """A run being sent that this worker could still help with."""
@@ -142,6 +197,7 @@ class Worker:
         return False
 
     def close(self) -> None:
+        self.wakeup.close()
         self.provider.close()
 
 

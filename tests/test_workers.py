@@ -213,3 +213,40 @@ def test_a_worker_on_sqlite_is_refused_in_one_line(tmp_path, fake_resend):
     refused = subprocess.run([*COMMAND, "send", str(ROOT / "digests" / "2026-04-22-open-models-weekly.md"),
                               "--workers", "0", "--yes"], env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--workers 0 needs PostgreSQL" in refused.stderr
+
+
+def test_an_idle_worker_wakes_as_soon_as_a_run_starts_or_resumes(pg_url, session_settings):
+    """A waiting worker LISTENs for the run a `send` or a `resume` starts: its wait of a minute
+    ends when the run's transaction commits, not at its next look."""
+    import threading
+
+    from newsletter.store import open_engine
+    from newsletter.workers import Wakeup
+
+    engine = open_engine(pg_url)
+    stop = threading.Event()
+    wakeup = Wakeup(engine, stop)
+    ledger = Ledger(open_engine(pg_url))
+    try:
+        assert wakeup.wait(0.01) is False  # listening from here on
+        for start in ("create", "resume"):
+            woke = []
+            waiting = threading.Thread(target=lambda: woke.append(wakeup.wait(60)))
+            waiting.start()
+            if start == "create":
+                run = ledger.create_run(issue="woken", digest_path="w.md", digest_sha256="d", settings_sha256="s",
+                                        subject="W", provider="outbox", recipients=[])
+                ledger.set_status(run.id, RunStatus.PAUSED, "paused by the user")
+            else:
+                ledger.set_status(run.id, RunStatus.SENDING)
+            waiting.join(20)
+            assert woke == [True], start
+        stopped = threading.Thread(target=lambda: woke.append(wakeup.wait(60)))
+        stopped.start()
+        stop.set()  # a SIGTERM while idle ends the wait too
+        stopped.join(20)
+        assert not stopped.is_alive() and woke[-1] is False
+    finally:
+        wakeup.close()
+        engine.dispose()
+        ledger.engine.dispose()
