@@ -134,10 +134,9 @@ class Audience:
         return (sa.select(readers.c.id, *masks).where(readers.c.status == Status.ACTIVE.value)
                 .offset(0).subquery("active"))
 
-    def _bits(self):
-        """(slug, mask column, bit) for each of the issue's categories."""
-        slugs = sorted(self.categories)
-        return [(slug, self.active.c[f"m{n // self.BITS}"], 2 << (n % self.BITS)) for n, slug in enumerate(slugs)]
+    def _bits(self) -> list[tuple[str, int, int]]:
+        """(slug, which mask, bit) for each of the issue's categories."""
+        return [(slug, n // self.BITS, 2 << (n % self.BITS)) for n, slug in enumerate(sorted(self.categories))]
 
     def _chose_some(self):
         """The reader chose one of the issue's categories."""
@@ -147,7 +146,7 @@ class Audience:
     def variant(self):
         kept = sa.literal("")
         for slug, mask, bit in self._bits():
-            kept = kept + sa.case((mask.op("&")(bit) != 0, sa.literal(slug + "+")), else_=sa.literal(""))
+            kept = kept + sa.case((self.active.c[f"m{mask}"].op("&")(bit) != 0, sa.literal(slug + "+")), else_=sa.literal(""))
         kept = sa.func.rtrim(kept, "+")  # slugs never end in "+"
         return sa.case((self.active.c.m0 == 0, sa.literal(self.all_key)), (self._chose_some(), kept),
                        else_=sa.literal(self.none_key))
@@ -175,7 +174,7 @@ class Audience:
         if the issue has no story for them."""
         if not any(masks):
             return self.all_key
-        kept = [slug for slug, column, bit in self._bits() if masks[int(column.name[1:])] & bit]
+        kept = [slug for slug, mask, bit in self._bits() if masks[mask] & bit]
         if kept:
             return "+".join(kept)
         return self.none_key if self.open_story else None
