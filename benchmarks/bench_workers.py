@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import signal
 import subprocess
@@ -46,6 +45,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from bench_send import populate  # the same readers, in the same category sets
 from memory import peak_mb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,33 +53,10 @@ DIGEST = ROOT / "digests" / "2026-04-22-open-models-weekly.md"
 PG_URL = os.environ.get("NEWSLETTER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SECRET_KEY = "bench-workers-secret-key-0123456789abcdef"
 COMMAND = [sys.executable, "-m", "newsletter"]
-CATEGORY_SETS = [(), ("ai-tech",), ("ai-research",), ("essays",), ("ai-news", "essays"), ("ai-tech", "ai-research")]
 COUNTS = (1, 2, 4)
 TICK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 LATENCY = 0.2
-
-
-def populate(db_url: str, count: int) -> None:
-    from newsletter.config import load_settings
-    from newsletter.store import insert_many, reader_categories, readers, utcnow
-    from newsletter.subscribers import Subscribers, new_token
-
-    settings = load_settings(ROOT / "newsletter.toml", env={})
-    subs = Subscribers.open(db_url, settings.categories)
-    rng, now = random.Random(7), utcnow()
-    with subs.engine.begin() as conn:
-        for start in range(0, count, 20_000):
-            rows = [{"email": f"reader{i}@example{i % 89}.com", "name": None, "status": "active",
-                     "token": new_token(), "created_at": now, "status_changed_at": now, "confirmed_at": now,
-                     "consent_at": now, "consent_method": "import", "consent_ip": None, "consent_source": "bench"}
-                    for i in range(start, min(start + 20_000, count))]
-            insert_many(conn, readers, rows)
-            ids = dict(conn.execute(readers.select().with_only_columns(readers.c.email, readers.c.id)
-                                    .where(readers.c.email.in_([r["email"] for r in rows]))).all())
-            insert_many(conn, reader_categories, [{"reader_id": ids[r["email"]], "category": c}
-                                                  for r in rows for c in rng.choice(CATEGORY_SETS)])
-    subs.close()
 
 
 def child_fake(delay: float) -> None:
