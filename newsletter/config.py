@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import quote, urlsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, shorten
 
 CONFIG_FILENAME = "newsletter.toml"
 KEY_FILENAME = "newsletter.key"

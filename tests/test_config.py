@@ -66,6 +66,7 @@ def test_settings_from_the_environment_alone(tmp_path, monkeypatch):
     (MINIMAL.replace('slug = "ai-tech"', 'slug = "AI Tech"'), "key 'categories' slug 'AI Tech' must be"),
     (MINIMAL.replace("postal_address = ", "postal_address = = "), ":5: invalid TOML"),
     (MINIMAL.replace('name = "AI Tech"', "name = 3"), "key 'categories' entries need a 'slug' and a 'name'"),
+    ("track_opens = 'maybe'\n" + MINIMAL, "key 'track_opens' must be true or false, got 'maybe'"),
     (MINIMAL.replace('name = "AI Tech"', 'name = "AI \\u202eTech"'),
      "key 'categories' name 'AI \\u202eTech' must not contain control or text-direction characters"),
 ])
@@ -90,6 +91,8 @@ def test_bad_environment_value_names_the_variable(tmp_path):
     path = write(tmp_path, MINIMAL)
     with pytest.raises(ConfigError, match="^NEWSLETTER_BASE_URL: key 'base_url' must be an http"):
         load_settings(path, env={"NEWSLETTER_BASE_URL": "nope"})
+    with pytest.raises(ConfigError, match="^NEWSLETTER_TRACK_CLICKS: key 'track_clicks' must be true or false"):
+        load_settings(path, env={"NEWSLETTER_TRACK_CLICKS": "sometimes"})
 
 
 # -- values that end up in email headers, links and messages ------------------------------------
