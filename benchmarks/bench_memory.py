@@ -101,11 +101,12 @@ def setup_seconds(url: str) -> float:
     """The run's setup alone, as `send` does it: plan (counts per variant) and copy into the ledger."""
     code = ("import json, sys, time\n"
             "from newsletter.config import load_settings\nfrom newsletter.digest import load_digest\n"
-            "from newsletter.ledger import Ledger\nfrom newsletter.send import open_run, plan\n"
+            "from newsletter.ledger import Ledger\nfrom newsletter.send import open_run, plan, prepare_variants\n"
             "from newsletter.subscribers import Subscribers\n"
             f"s = load_settings({str(ROOT / 'newsletter.toml')!r}, env={{}}).with_overrides(database_url=sys.argv[1])\n"
             "subs = Subscribers.open(sys.argv[1], s.categories); d = load_digest(" + repr(str(DIGEST)) + ", s)\n"
-            "t = time.perf_counter(); run, due = open_run(Ledger(subs.engine), d, subs, 'outbox', s, again=True)\n"
+            "v = prepare_variants(s, d, plan(d, Ledger(subs.engine)))  # before the setup, as `send` does\n"
+            "t = time.perf_counter(); run, due, _ = open_run(Ledger(subs.engine), d, subs, 'outbox', s, again=True, variants=v)\n"
             "print(json.dumps({'seconds': time.perf_counter() - t, 'total': due.total}))")
     out = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, cwd=ROOT, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -48,7 +48,7 @@ def main() -> None:
     settings = load_settings(ROOT / "newsletter.toml", env={})
     digest = load_digest(DIGEST, settings)
     variants = render_variants(Renderer(settings), digest, VARIANTS)
-    composer = Composer(settings, digest, variants, view_key=b"k" * 32)
+    composer = Composer(settings, digest.slug, variants, view_key=b"k" * 32)
     people = readers(args.readers)
     for key in VARIANTS:  # each template is encoded on first use: once per send, not measured
         encode(composer.message("warm", Recipient(0, "warm@example.com", None, "t" * 32, key)))

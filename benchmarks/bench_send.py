@@ -83,8 +83,7 @@ def child_send(db_url: str, api_url: str, rate: str) -> None:
     from newsletter.digest import load_digest
     from newsletter.ledger import Ledger
     from newsletter.providers import make_provider
-    from newsletter.render import Renderer
-    from newsletter.send import Composer, Sender, open_run, render_variants
+    from newsletter.send import Composer, Sender, open_run, plan, prepare_variants
     from newsletter.subscribers import Subscribers
 
     settings = load_settings(ROOT / "newsletter.toml", env={}).with_overrides(
@@ -93,9 +92,11 @@ def child_send(db_url: str, api_url: str, rate: str) -> None:
     started = time.perf_counter()
     digest = load_digest(DIGEST, settings)
     ledger = Ledger(subs.engine)
-    run, due = open_run(ledger, digest, subs, "resend", settings)
+    due = plan(digest, ledger)  # as `send` does: plan, render, then the run, keeping its variants
     planned = time.perf_counter()
-    variants = render_variants(Renderer(settings), digest, ledger.variants(run.id))
+    variants = prepare_variants(settings, digest, due)
+    rendered = time.perf_counter()
+    run, due, variants = open_run(ledger, digest, subs, "resend", settings, due=due, variants=variants)
     provider = make_provider(settings)
     in_provider = [0.0]
     starts: list[float] = []
@@ -109,12 +110,12 @@ def child_send(db_url: str, api_url: str, rate: str) -> None:
         finally:
             in_provider[0] += time.perf_counter() - start
     provider.send = timed_send
-    sender = Sender(ledger, provider, Composer(settings, digest, variants), rate=settings.send_rate)
+    sender = Sender(ledger, provider, Composer(settings, digest.slug, variants), rate=settings.send_rate)
     sending = time.perf_counter()
     progress = {}
     run = sender.send(run, on_progress=lambda p: progress.update(requests=p.requests, retries=p.retries))
     done = time.perf_counter()
-    print(json.dumps({"seconds": done - started, "plan": planned - started, "render": sending - planned,
+    print(json.dumps({"seconds": done - started, "plan": planned - started + sending - rendered, "render": rendered - planned,
                       "send": done - sending, "provider": in_provider[0],
                       "request_rate": (len(starts) - 1) / (starts[-1] - starts[0]) if len(starts) > 1 else 0.0, "status": run.status.value, "counts": ledger.counts(run.id),
                       "variants": len(variants), "peak": peak_mb(),
@@ -138,7 +139,7 @@ def bench_personalize() -> None:
     digest = load_digest(DIGEST, settings)
     renderer = Renderer(settings)
     variants = render_variants(renderer, digest, ["all", "ai-tech"])
-    composer = Composer(settings, digest, variants)
+    composer = Composer(settings, digest.slug, variants)
     recipients = [Recipient(i, f"r{i}@example.com", None, f"tok{i:040d}", "all") for i in range(20_000)]
     rounds = []
     for _ in range(5):

@@ -6,18 +6,13 @@ import importlib
 import os
 import sys
 import traceback
-import webbrowser
 from functools import cached_property
 from pathlib import Path
 
 import click
 
-from . import preview as preview_mod
 from .config import Settings, load_settings
-from .digest import load_digest
-from .errors import DigestError, ExitCode, NewsletterError
-from .render import Renderer, empty_tldr, select, size_warnings
-from .send import categories_of, describe_variant, possible_variants, prepare
+from .errors import ExitCode, NewsletterError
 from .subscribers import Subscribers
 
 _debug = False
@@ -95,8 +90,8 @@ class Commands(click.Group):
     a process holds only what its job needs, in memory and in start-up time."""
 
     MODULES = {  # command -> the module that defines it (tests/test_cli.py holds this to the modules)
-        "admin-password": "cli_stats", "bounces": "cli_bounces", "db": "cli_subscribers", "pause": "cli_worker", 
-        "resume": "cli_send", "runs": "cli_send", "schedule": "cli_schedule", "scheduler": "cli_schedule",
+        "admin-password": "cli_stats", "bounces": "cli_bounces", "check": "cli_preview", "db": "cli_subscribers",
+        "pause": "cli_worker", "preview": "cli_preview", "resume": "cli_send", "runs": "cli_send", "schedule": "cli_schedule", "scheduler": "cli_schedule",
         "send": "cli_send", "send-due": "cli_schedule", "serve": "cli_web", "stats": "cli_stats",
         "subscribers": "cli_subscribers", "webhooks": "cli_webhooks", "worker": "cli_worker",
     }
@@ -121,78 +116,6 @@ def cli(ctx: click.Context, config: str | None, debug: bool) -> None:
     global _debug
     _debug = debug
     ctx.obj = App(config)
-
-
-@cli.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@pass_app
-def check(app: App, files: tuple[str, ...]) -> None:
-    """Run the pre-send checks on digest FILES: errors and warnings with file and line.
-
-    Every variant a reader could get is rendered and its message built, as `send` does: a digest
-    that passes here will send."""
-    renderer = None
-    failed = 0
-    for file in files:
-        try:
-            digest = load_digest(file, app.settings)
-        except DigestError as e:
-            failed += 1
-            for problem in e.problems:
-                click.secho(f"error: {problem}", fg="red", err=True)
-            continue
-        for problem in digest.warnings:
-            echo_warning(str(problem))
-        renderer = renderer or Renderer(app.settings)
-        try:
-            variants = prepare(renderer, digest, app.settings, possible_variants(digest))
-        except NewsletterError as e:
-            failed += 1
-            click.secho(f"error: {e}", fg="red", err=True)
-            continue
-        for key, variant in variants.items():
-            for warning in size_warnings(variant.size):
-                echo_warning(f"{file}: variant {key}: {warning}")
-            if categories_of(key) is not None and empty_tldr(select(digest, categories_of(key))):
-                echo_warning(f"{file}:{digest.tldr_line}: the TL;DR box is empty for readers of "
-                             f"{describe_variant(app.settings, key)}: every 'tldr' line is about stories "
-                             "they do not get (a line with 'text:' and 'categories:' can be theirs)")
-        stories = [s for s in digest.stories if s.kind == "story"]
-        roundups = sum(len(s.entries) for s in digest.stories if s.kind == "roundups")
-        click.echo(f"ok: {file}: {plural(len(stories), 'story', 'stories')}, "
-                   f"{plural(roundups, 'round-up')}, {plural(len(digest.footnotes), 'note')}, "
-                   f"{plural(len(variants), 'variant')} rendered")
-    if failed:
-        raise SystemExit(ExitCode.ERROR)
-
-
-@cli.command()
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--out", "out", type=click.Path(dir_okay=False), help="Where to write (default: in output_dir).")
-@click.option("--text", is_flag=True, help="Write the plain-text part instead of the HTML.")
-@click.option("--categories", metavar="a,b", help="Render the variant a reader of these categories gets.")
-@click.option("--open", "open_", is_flag=True, help="Open the result in the browser.")
-@click.option("--serve", is_flag=True, help="Serve a live preview on 127.0.0.1 that reloads on change.")
-@click.option("--port", default=8025, show_default=True, type=click.IntRange(0, 65535),
-              help="Port for --serve (0: any free port).")
-@pass_app
-def preview(app: App, file: str, out: str | None, text: bool, categories: str | None, open_: bool,
-            serve: bool, port: int) -> None:
-    """Render digest FILE to an HTML (or text) file and report its size and warnings."""
-    settings = app.settings
-    wanted = parse_categories(settings, categories)
-    if serve:
-        preview_mod.serve(settings, Path(file), wanted, port=port, open_browser=open_)
-        return
-    result = preview_mod.write_preview(settings, Path(file), wanted, out=Path(out) if out else None,
-                                       text=text)
-    for warning in result.warnings:
-        echo_warning(warning)
-    click.echo(f"wrote {shown_path(result.path)} ({result.size / 1024:.1f} KB, "
-               f"{plural(result.stories, 'story', 'stories')}, {plural(result.notes, 'note')}, "
-               f"variant {result.variant})")
-    if open_:
-        webbrowser.open(result.path.resolve().as_uri())
 
 
 def main(argv: list[str] | None = None) -> int:

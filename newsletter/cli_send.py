@@ -89,13 +89,13 @@ def send(app: App, file: Path, yes: bool, dry_run: bool, test_to: tuple[str, ...
         click.confirm(f"Send \"{digest.title}\" to {plural(due.total, 'reader')}?", abort=True)
     provider = provider_for(app)  # before the run exists: a provider that cannot be made leaves none
     try:
-        run, _, _ = sending.start_run(settings, digest, app.subscribers, ledger, again=again,
+        run, variants, _ = sending.start_run(settings, digest, app.subscribers, ledger, again=again,
                                       provider=provider.name, due=due, variants=variants)
         click.echo(f"run {run.id} started")
         if not workers:
             left_to_workers(run)
             return
-        deliver(app, ledger, provider, run, digest, variants, senders=workers)
+        deliver(app, ledger, provider, run, variants, senders=workers)
     finally:
         provider.close()
 
@@ -122,8 +122,8 @@ def send_tests(app: App, digest: Digest, variants: dict[str, Variant], addresses
         provider.close()
 
 
-def deliver(app: App, ledger: Ledger, provider: Provider, run: Run, digest: Digest,
-            variants: dict[str, Variant], senders: int = 1) -> None:
+def deliver(app: App, ledger: Ledger, provider: Provider, run: Run, variants: dict[str, Variant],
+            senders: int = 1) -> None:
     """Send a run with a progress bar, then report; Ctrl-C pauses after the batch in flight."""
     stop = threading.Event()
 
@@ -145,7 +145,7 @@ def deliver(app: App, ledger: Ledger, provider: Provider, run: Run, digest: Dige
                 rate = p.sent / max(time.monotonic() - p.started, 1e-6)
                 bar.update(task, total=p.total, completed=p.done,
                            detail=f"sent {p.sent} failed {p.failed} skipped {p.skipped} {rate:,.0f}/s")
-            run = sending.deliver(app.settings, ledger, run, digest, variants, provider=provider,
+            run = sending.deliver(app.settings, ledger, run, variants, provider=provider,
                                   on_progress=on_progress, stop=stop, senders=senders)
     except KeyboardInterrupt:  # the second Ctrl-C: the run keeps its batch in flight, and resume sends it
         click.secho(f"stopped at once: run {run.id} is not finished. Resume with `newsletter resume {run.id}`",
@@ -182,7 +182,7 @@ def resume(app: App, run_id: int, yes: bool, workers: int) -> None:
     """Go on with send run RUN_ID after a pause, a crash or a provider failure."""
     check_workers(app, workers)
     ledger = Ledger(app.subscribers.engine)
-    run, digest, variants = sending.reopen_run(app.settings, ledger, run_id)
+    run, _, variants = sending.reopen_run(app.settings, ledger, run_id)
     check_provider(app.settings)  # what the resume would fail on, before the question
     ledger.forget_retries(run.id)  # a later pause gets the scheduler's retries afresh
     counts = ledger.counts(run.id)
@@ -195,7 +195,7 @@ def resume(app: App, run_id: int, yes: bool, workers: int) -> None:
         return
     provider = provider_for(app)
     try:
-        deliver(app, ledger, provider, run, digest, variants, senders=workers)  # refuses a provider other than the run's
+        deliver(app, ledger, provider, run, variants, senders=workers)  # refuses a provider other than the run's
     finally:
         provider.close()
 

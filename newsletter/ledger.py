@@ -14,14 +14,14 @@ import os
 import socket
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterable
+from typing import Callable, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .errors import RunBusy, RunNotFound, RunUnfinished, SendError, StoreConflict
-from .store import (UTCDateTime, deliveries, insert_many, reader_categories, readers, run_workers, send_batches,
-                    send_runs, update_many, utcnow)
+from .store import (UTCDateTime, deliveries, insert_many, reader_categories, readers, run_variants, run_workers,
+                    send_batches, send_runs, update_many, utcnow)
 from .subscribers import Status
 
 MAX_ATTEMPTS = 3  # temporary refusals of one message before it counts as failed
@@ -78,6 +78,17 @@ class Batch:
     skipped: int = 0  # deliveries skipped while claiming it (readers who left)
     taken_over: bool = False  # claimed before by a process that stopped: the same request again
     run_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RunVariant:
+    """A variant of a run's email as the run keeps it: rendered, reader links still placeholders."""
+
+    key: str
+    subject: str
+    html: str
+    text: str
+    size: int
 
 
 @dataclass
@@ -210,11 +221,16 @@ class Ledger:
 
     def create_run(self, *, issue: str, digest_path: str, digest_sha256: str, settings_sha256: str,
                    subject: str, provider: str, audience: "Audience | None" = None,
-                   recipients: Iterable[tuple[int, str]] = ()) -> Run:
+                   recipients: Iterable[tuple[int, str]] = (),
+                   variants: Callable[[list[str]], Iterable[RunVariant]] | None = None) -> Run:
         """A run and one queued delivery per reader it is for, in one transaction: every reader of
         `audience`, copied by the database from the readers table in one statement (the list never
         passes through this process, however long it is), or the (reader id, variant) pairs of
-        `recipients`."""
+        `recipients`.
+
+        `variants` is given the keys of the variants the run's readers get, as copied, and gives
+        back each one rendered; the run keeps them (`run_variants`), committed with it, so that no
+        process ever sends it without them."""
         now = utcnow()
         try:
             with self.engine.begin() as conn:
@@ -238,6 +254,17 @@ class Ledger:
                         insert_many(conn, deliveries, chunk)
                         chunk = []
                 insert_many(conn, deliveries, chunk)
+                if variants is not None:
+                    keys = list(conn.execute(sa.select(deliveries.c.variant).where(deliveries.c.run_id == run_id)
+                                             .distinct().order_by(deliveries.c.variant)).scalars())
+                    kept = set()
+                    for variant in variants(keys):  # one at a time: a run may have many
+                        conn.execute(sa.insert(run_variants).values(
+                            run_id=run_id, key=variant.key, subject=variant.subject, html=variant.html,
+                            text=variant.text, size=variant.size))
+                        kept.add(variant.key)
+                    if kept != set(keys):
+                        raise SendError(f"run of {issue}: variants {sorted(set(keys) - kept)} were not rendered")
         except StoreConflict:  # the unique index on unfinished runs of an issue
             other = [r.id for r in self.runs(issue) if r.status in (RunStatus.SENDING, RunStatus.PAUSED)]
             raise RunUnfinished(f"another run of {issue} was started at the same moment; see "
@@ -355,6 +382,14 @@ class Ledger:
         for variant, state, count in rows:
             found.setdefault(variant, {s.value: 0 for s in State})[state] = count
         return dict(sorted(found.items()))
+
+    def run_variants(self, run_id: int) -> dict[str, RunVariant]:
+        """The variants the run keeps, by key; none for a run created before runs kept them."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(run_variants.c.key, run_variants.c.subject, run_variants.c.html,
+                                          run_variants.c.text, run_variants.c.size)
+                                .where(run_variants.c.run_id == run_id).order_by(run_variants.c.key))
+            return {row.key: RunVariant(*row) for row in rows}
 
     def variants(self, run_id: int) -> list[str]:
         with self.engine.connect() as conn:

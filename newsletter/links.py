@@ -14,6 +14,7 @@ web logs, Referer headers and forwarded emails.
 from __future__ import annotations
 
 import base64
+import html as html_lib
 import hashlib
 import hmac
 import re
@@ -25,6 +26,10 @@ PATH_RE = re.compile(r"^/(u|p|issues|confirm)/([A-Za-z0-9._~-]{1,200})/?$")
 VIEW_PURPOSE = b"newsletter-view\x00"  # keeps these HMACs apart from any other use of the key
 VIEW_BYTES = 16  # 128 bits: unguessable, and short in a link
 SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")  # what quote() leaves alone: reader tokens are this
+# Where a rendered email takes each reader's own links: `Personal.fill` puts them in.
+LINK_NAMES = ("unsubscribe_url", "preferences_url", "browser_url")
+PLACEHOLDERS = {name: f"%%{name}%%" for name in LINK_NAMES}
+PLACEHOLDER_RE = re.compile("%%(" + "|".join(LINK_NAMES) + ")%%")
 
 
 class Links:
@@ -53,7 +58,7 @@ class Links:
         return view_token(self.key, slug, variant) if self.key is not None else None
 
     def for_reader(self, slug: str, token: str, variant: str) -> dict[str, str]:
-        """The values of an email's link placeholders for one reader (see render.PLACEHOLDERS)."""
+        """The values of an email's link placeholders for one reader (see PLACEHOLDERS)."""
         # Once per reader of a send: the browser link is the same for a whole variant.
         browser = self._views.get((slug, variant))
         if browser is None:
@@ -96,3 +101,43 @@ def parse(path: str) -> tuple[str, str] | None:
         return None
     kind = next(name for name, prefix in PATHS.items() if prefix == match.group(1))
     return kind, match.group(2)
+
+
+class Personal:
+    """A rendered variant (HTML or text) split at its reader placeholders once, so that each
+    reader's copy costs one join instead of a search through the whole email."""
+
+    def __init__(self, text: str, *, html: bool = False):
+        self.parts = PLACEHOLDER_RE.split(text)  # literal, name, literal, name, ..., literal
+        self.names = self.parts[1::2]
+        self.html = html
+
+    def fill(self, values: dict[str, str]) -> str:
+        parts = self.parts.copy()
+        parts[1::2] = self.values(values)
+        return "".join(parts)
+
+    def values(self, values: dict[str, str]) -> list[str]:
+        """What `fill` puts in each placeholder, in order."""
+        if self.html:  # links land in href="...": never let a value end the attribute
+            return [_attribute(values[name]) for name in self.names]
+        return [values[name] for name in self.names]
+
+    @property
+    def source(self) -> str:
+        """The text it was made from, placeholders and all (what a run stores of its variant)."""
+        parts = self.parts.copy()
+        parts[1::2] = [PLACEHOLDERS[name] for name in self.names]
+        return "".join(parts)
+
+
+def _attribute(value: str) -> str:
+    """`value` escaped for an HTML attribute; links almost never need it, so look first."""
+    if "&" in value or '"' in value or "<" in value or ">" in value or "'" in value:
+        return html_lib.escape(value, quote=True)
+    return value
+
+
+def personalize(text: str, links: dict[str, str], *, html: bool = False) -> str:
+    """Fill the reader's links into a rendered variant (HTML, escaped, or text)."""
+    return Personal(text, html=html).fill(links)

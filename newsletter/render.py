@@ -7,7 +7,6 @@ as `%%name%%` placeholders that `personalize` fills in.
 from __future__ import annotations
 
 import dataclasses
-import html as html_lib
 import logging
 import re
 from dataclasses import dataclass
@@ -23,15 +22,12 @@ from .config import Settings
 from .digest import LINK_STYLE, REF_RE, Digest, Footnote, Section
 from .errors import RenderError
 from .inliner import Inliner
-from .links import Links
+from .links import LINK_NAMES, PLACEHOLDER_RE, PLACEHOLDERS, Links, Personal, personalize  # noqa: F401  (theirs too)
 
 DOCTYPE = "<!doctype html>"
 SIZE_WARNING = 90 * 1024  # Gmail clips messages at about 102 KB
-LINK_NAMES = ("unsubscribe_url", "preferences_url", "browser_url")
-PLACEHOLDERS = {name: f"%%{name}%%" for name in LINK_NAMES}
 REF_STYLE = "font-size:12px;line-height:0"
 REF_LINK_STYLE = f"{LINK_STYLE};text-decoration:none;font-weight:600;padding:0 1px"
-PLACEHOLDER_RE = re.compile("%%(" + "|".join(LINK_NAMES) + ")%%")
 # ` id="..."`; written to start with its literal, which the regex engine then finds fast.
 ANCHOR_RE = re.compile(r'id="(?<=\sid=")([^"]+)"')
 IMAGE_TAG = '<img class="img" '  # as digest/markdown.py writes a Markdown image
@@ -289,39 +285,6 @@ def check_whole(compiled: str, inlined: str, text: str) -> None:
     for part, name in ((inlined, "HTML"), (text, "plain-text")):
         if PLACEHOLDERS["unsubscribe_url"] not in part:
             raise RenderError(f"the {name} part has no unsubscribe link ({{{{ links.unsubscribe_url }}}})")
-
-
-class Personal:
-    """A rendered variant (HTML or text) split at its reader placeholders once, so that each
-    reader's copy costs one join instead of a search through the whole email."""
-
-    def __init__(self, text: str, *, html: bool = False):
-        self.parts = PLACEHOLDER_RE.split(text)  # literal, name, literal, name, ..., literal
-        self.names = self.parts[1::2]
-        self.html = html
-
-    def fill(self, values: dict[str, str]) -> str:
-        parts = self.parts.copy()
-        parts[1::2] = self.values(values)
-        return "".join(parts)
-
-    def values(self, values: dict[str, str]) -> list[str]:
-        """What `fill` puts in each placeholder, in order."""
-        if self.html:  # links land in href="...": never let a value end the attribute
-            return [_attribute(values[name]) for name in self.names]
-        return [values[name] for name in self.names]
-
-
-def _attribute(value: str) -> str:
-    """`value` escaped for an HTML attribute; links almost never need it, so look first."""
-    if "&" in value or '"' in value or "<" in value or ">" in value or "'" in value:
-        return html_lib.escape(value, quote=True)
-    return value
-
-
-def personalize(text: str, links: dict[str, str], *, html: bool = False) -> str:
-    """Fill the reader's links into a rendered variant (HTML, escaped, or text)."""
-    return Personal(text, html=html).fill(links)
 
 
 def preview_links(settings: Settings, digest: Digest) -> dict[str, str]:

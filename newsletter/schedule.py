@@ -259,7 +259,7 @@ def send_digests(settings, subscribers, ledger, digests, report: DueReport, *,
                 report.failed.append(f"{digest.path}: {e}")
                 continue
             log.info("sending %s: run %d, %d readers", digest.slug, run.id, due.total)
-            run = deliver(settings, ledger, run, digest, variants, provider=provider, stop=stop,
+            run = deliver(settings, ledger, run, variants, provider=provider, stop=stop,
                           stop_reason=PAUSED_BY_SCHEDULER)
             log.info("run %d of %s: %s%s", run.id, digest.slug, run.status.value,
                      f" ({run.reason})" if run.reason else "")

@@ -19,19 +19,21 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from .config import Settings, load_secret_key
-from .digest import Digest, load_digest
 from .errors import (AlreadySent, ProviderError, QuotaExceeded, RateLimited, Rejected, RunUnfinished,
                      SendError, StoreError, Unavailable)
-from .ledger import Audience, Batch, Ledger, Recipient, Run, RunStatus
-from .links import Links
+from .ledger import Audience, Batch, Ledger, Recipient, Run, RunStatus, RunVariant
+from .links import Links, Personal
 from .pace import Pace
 from .providers import Message, Outcome, Provider, make_provider
 from .providers.mime import Template, encode
-from .render import Personal, Renderer, preview_links
 from .subscribers import Subscribers, normalize_email
+
+if TYPE_CHECKING:  # rendering is imported where it is done: a worker sends what a run keeps
+    from .digest import Digest
+    from .render import Renderer
 
 ALL = "all"  # the variant of readers with no categories: every story
 PAUSED_BY_USER = "paused by the user"  # Ctrl-C; left alone until `newsletter resume`
@@ -131,6 +133,20 @@ class Variant:
     size: int
     subject: str  # the digest's title, or the subject its front matter gives these categories
 
+    def kept(self) -> RunVariant:
+        """As a run keeps it (`Ledger.create_run`)."""
+        return RunVariant(self.key, self.subject, self.html.source, self.text.source, self.size)
+
+    @classmethod
+    def of(cls, kept: RunVariant) -> "Variant":
+        return cls(kept.key, Personal(kept.html, html=True), Personal(kept.text), kept.size, kept.subject)
+
+
+def run_variants(ledger: Ledger, run_id: int) -> dict[str, Variant]:
+    """The variants run `run_id` keeps, as they were rendered when it was created (none for a run
+    created before runs kept them)."""
+    return {key: Variant.of(kept) for key, kept in ledger.run_variants(run_id).items()}
+
 
 def render_variants(renderer: Renderer, digest: Digest, keys: Iterable[str]) -> dict[str, Variant]:
     variants = {}
@@ -148,7 +164,7 @@ def prepare(renderer: Renderer, digest: Digest, settings: Settings, keys: Iterab
     cannot become fails here, with a readable error, not halfway through a list with readers
     queued behind a run that can never finish."""
     variants = render_variants(renderer, digest, keys)
-    composer = Composer(settings, digest, variants)
+    composer = Composer(settings, digest.slug, variants)
     for key in variants:
         sample = Recipient(0, "reader@example.com", "A Reader", "t" * 32, key)
         message = composer.message("check", sample)
@@ -184,25 +200,24 @@ class Composer:
     With the secret key (`view_key`), the view-in-browser link shows the reader's variant;
     without it, the whole issue."""
 
-    def __init__(self, settings: Settings, digest: Digest, variants: dict[str, Variant],
+    def __init__(self, settings: Settings, issue: str, variants: dict[str, Variant],
                  view_key: bytes | None = None):
-        self.settings, self.digest, self.variants = settings, digest, variants
+        self.settings, self.issue, self.variants = settings, issue, variants
         self.reader_links = Links(settings.base_url, view_key)
         host = re.sub(r"^https?://", "", settings.base_url).split("/")[0].split(":")[0]
         slug = re.sub(r"[^a-z0-9]+", "-", settings.name.lower()).strip("-") or "newsletter"
         self.list_id = f"{settings.name} <{slug}.{host}>"
-        self.tag_issue = digest.slug
         self.templates = {key: Template(v.html, v.text) for key, v in variants.items()}  # encoded on first use
 
     def message(self, key: str, recipient: Recipient) -> Message:
         variant = self.variants[recipient.variant]
-        links = self.reader_links.for_reader(self.digest.slug, recipient.token, recipient.variant)
+        links = self.reader_links.for_reader(self.issue, recipient.token, recipient.variant)
         return Message(
             key=key, to=recipient.email, sender=self.settings.sender, reply_to=self.settings.reply_to,
             subject=variant.subject,
             headers={"List-Unsubscribe": f"<{links['unsubscribe_url']}>",
                      "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "List-Id": self.list_id},
-            tags={"issue": self.tag_issue, "variant": recipient.variant},
+            tags={"issue": self.issue, "variant": recipient.variant},
             template=self.templates[recipient.variant], links=links)
 
 
@@ -230,23 +245,38 @@ def check_new_run(ledger: Ledger, digest: Digest, *, again: bool = False) -> boo
 
 
 def open_run(ledger: Ledger, digest: Digest, subscribers: Subscribers, provider: str, settings: Settings,
-             *, again: bool = False, due: Plan | None = None) -> tuple[Run, Plan]:
-    """A new run of `digest` with a snapshot of who is due (`due`, if already planned)."""
+             *, again: bool = False, due: Plan | None = None,
+             variants: dict[str, Variant] | None = None) -> tuple[Run, Plan, dict[str, Variant]]:
+    """A new run of `digest` with a snapshot of who is due (`due`, if already planned), keeping
+    its variants: those of `variants` (prepared from the plan), and any other the readers copied
+    into it need (someone subscribed or changed their categories since the plan), prepared now.
+    The run's variants are the third value."""
     leave_out = check_new_run(ledger, digest, again=again)
     due = due if due is not None else plan(digest, ledger, leave_out)
     due.check_someone_due()
     from .archive import record_issue  # archive.py reads variants through this module
 
     source = Path(digest.path).read_bytes()  # read once: the run and the archive hold the same text
+    ready = dict(variants or {})
+
+    def ready_for(keys: list[str]) -> list[str]:
+        missing = [key for key in keys if key not in ready]
+        if missing:
+            from .render import Renderer
+
+            ready.update(prepare(Renderer(settings), digest, settings, missing))
+        return keys
     run = ledger.create_run(issue=digest.slug, digest_path=str(digest.path),
                             digest_sha256=hashlib.sha256(source).hexdigest(),
                             settings_sha256=settings_sha256(settings), subject=digest.title,
-                            provider=provider, audience=audience_of(digest, leave_out))
+                            provider=provider, audience=audience_of(digest, leave_out),
+                            variants=lambda keys: [ready[key].kept() for key in ready_for(keys)])
     # After the run exists: of two sends started at once, only the one whose run was created
     # records its text. The web archive shows the issue once a run of it has finished.
     record_issue(ledger.engine, digest, source)
     # Who is in the run is what the database copied: counted there, per variant.
-    return run, Plan(ledger.variant_sizes(run.id), due.not_due, due.had_it, due.audience)
+    kept = {key: ready[key] for key in ledger.variants(run.id)}
+    return run, Plan(ledger.variant_sizes(run.id), due.not_due, due.had_it, due.audience), kept
 
 
 def check_unchanged(run: Run, digest: Digest, settings: Settings) -> None:
@@ -499,6 +529,8 @@ def plan_run(digest: Digest, subscribers: Subscribers, ledger: Ledger | None = N
 
 def prepare_variants(settings: Settings, digest: Digest, due: Plan) -> dict[str, Variant]:
     """Every variant the readers of `due` need, rendered and built into a message (see `prepare`)."""
+    from .render import Renderer
+
     return prepare(Renderer(settings), digest, settings, sorted(due.per_variant) or [ALL])
 
 
@@ -512,8 +544,8 @@ def start_run(settings: Settings, digest: Digest, subscribers: Subscribers, ledg
     run is created. Every variant is prepared before the run exists."""
     due = due or plan_run(digest, subscribers, ledger, again=again)
     variants = variants if variants is not None else prepare_variants(settings, digest, due)
-    run, due = open_run(ledger, digest, subscribers, provider or settings.provider or "outbox", settings,
-                        again=again, due=due)
+    run, due, variants = open_run(ledger, digest, subscribers, provider or settings.provider or "outbox",
+                                  settings, again=again, due=due, variants=variants)
     return run, variants, due
 
 
@@ -527,12 +559,21 @@ def reopen_run(settings: Settings, ledger: Ledger, run_id: int) -> tuple[Run, Di
     if run.status == RunStatus.CANCELLED:
         raise SendError(f"run {run.id} was cancelled; `newsletter send` sends {run.issue} to the readers "
                         "it did not reach", run_id=run.id)
+    from .digest import load_digest
+
     digest = load_digest(run.digest_path, settings)
     check_unchanged(run, digest, settings)
-    return run, digest, prepare(Renderer(settings), digest, settings, ledger.variants(run.id))
+    return run, digest, run_variants(ledger, run.id) or render_run(settings, ledger, run.id, digest)
 
 
-def deliver(settings: Settings, ledger: Ledger, run: Run, digest: Digest, variants: dict[str, Variant], *,
+def render_run(settings: Settings, ledger: Ledger, run_id: int, digest: Digest) -> dict[str, Variant]:
+    """The variants of a run created before runs kept them, rendered from its digest now."""
+    from .render import Renderer
+
+    return prepare(Renderer(settings), digest, settings, ledger.variants(run_id))
+
+
+def deliver(settings: Settings, ledger: Ledger, run: Run, variants: dict[str, Variant], *,
             provider: Provider | None = None, on_progress: Callable[[Progress], None] | None = None,
             stop: threading.Event | None = None, stop_reason: str = PAUSED_BY_USER, senders: int = 1) -> Run:
     """Send what is left of `run`; return it as it ends: finished, paused (with its reason), or
@@ -549,7 +590,7 @@ def deliver(settings: Settings, ledger: Ledger, run: Run, digest: Digest, varian
         if provider.name != run.provider:  # a batch sent again must go where it went before
             raise SendError(f"run {run.id} was started with {run.provider}; the settings now say "
                             f"{provider.name}", run_id=run.id)
-        composer = Composer(settings, digest, variants, view_key=load_secret_key(settings))
+        composer = Composer(settings, run.issue, variants, view_key=load_secret_key(settings))
 
         def sender_with(with_ledger: Ledger) -> Sender:
             return Sender(with_ledger, provider, composer, rate=settings.send_rate,
@@ -586,7 +627,7 @@ def resume(settings: Settings, ledger: Ledger, run_id: int, *, provider: Provide
            stop: threading.Event | None = None, stop_reason: str = PAUSED_BY_USER) -> Run:
     """Go on with run `run_id` after a pause or a crash (`reopen_run`, then `deliver`)."""
     run, digest, variants = reopen_run(settings, ledger, run_id)
-    return deliver(settings, ledger, run, digest, variants, provider=provider, on_progress=on_progress,
+    return deliver(settings, ledger, run, variants, provider=provider, on_progress=on_progress,
                    stop=stop, stop_reason=stop_reason)
 
 
@@ -594,8 +635,10 @@ def send_test_copies(settings: Settings, digest: Digest, variants: dict[str, Var
                      addresses: Iterable[str], provider: Provider) -> Iterator[tuple[Message, Outcome]]:
     """One copy of each variant to each address, outside the ledger, with sample reader links and
     the subject prefixed `[test: variant]`; what the provider said of each, batch by batch."""
+    from .render import preview_links
+
     links = preview_links(settings, digest)
-    list_id = Composer(settings, digest, variants).list_id
+    list_id = Composer(settings, digest.slug, variants).list_id
     batch_id = uuid.uuid4().hex[:12]
     messages = []
     for address in (normalize_email(a) for a in addresses):

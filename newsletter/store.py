@@ -163,6 +163,21 @@ class DeliveryRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class RunVariantRow(Base):
+    """A variant of a run's email as rendered when the run was created, reader links still
+    placeholders: whoever sends a batch of the run, whenever (a worker on another machine, a resume
+    after an upgrade of the templates), sends these very bytes, so a batch sent again is the same
+    request and every reader of a variant gets the same email."""
+
+    __tablename__ = "run_variants"
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("send_runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(300), primary_key=True)  # as deliveries.variant
+    subject: Mapped[str] = mapped_column(sa.String(998))
+    html: Mapped[str] = mapped_column(sa.Text)
+    text: Mapped[str] = mapped_column(sa.Text)
+    size: Mapped[int] = mapped_column(sa.Integer)  # bytes of HTML, as the writer was warned of
+
+
 class SendBatchRow(Base):
     """A batch in flight: its deliveries are `sending` under its key (the idempotency key), and
     `owner` holds it until `lease_until`. A batch whose lease ran out (its process died) is taken
@@ -280,6 +295,7 @@ events = EventRow.__table__
 send_runs = SendRunRow.__table__
 deliveries = DeliveryRow.__table__
 send_batches = SendBatchRow.__table__
+run_variants = RunVariantRow.__table__
 run_workers = RunWorkerRow.__table__
 send_limits = SendLimitRow.__table__
 signups = SignupRow.__table__

@@ -8,9 +8,11 @@ UPDATE SKIP LOCKED` and a lease per batch). All of them together stay under `sen
 `send`) stops every one after its batch in flight. A worker that dies leaves its batch leased
 until `batch_lease` runs out; another worker then sends it again, as the same request.
 
-A worker renders each run's variants from the digest text the run recorded (the archive's
-copy), so it needs no digest files, only the same settings (`name`, `sender`, `reply_to`,
-`base_url`: checked against the run) and the secret key for view links. An idle worker LISTENs
+A worker sends each run's variants as the run keeps them, rendered when it was created
+(`run_variants`), so it needs no digest files and no templates, and imports no renderer: only
+the same settings (`name`, `sender`, `reply_to`, `base_url`: checked against the run) and the
+secret key for view links. A run created before runs kept their variants is rendered from the
+digest text the run recorded (the archive's copy). An idle worker LISTENs
 for the NOTIFY that starting or resuming a run sends, and takes the run up at once.
 """
 
@@ -20,18 +22,15 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .config import Settings, load_secret_key
-from .digest import Digest, load_digest
 from .errors import NewsletterError, SendError
 from .ledger import RUNS_CHANNEL, Ledger, Run
 from .providers import Provider, make_provider
-from .render import Renderer
-from .send import Composer, Sender, Variant, digest_sha256, prepare, settings_sha256
+from .send import Composer, Sender, Variant, digest_sha256, render_run, run_variants, settings_sha256
 from .store import issues
 
 log = logging.getLogger("newsletter.worker")
@@ -49,18 +48,17 @@ def check_shared(engine: Engine) -> None:
                                   "SQLite one process sends a run: `newsletter send` or the scheduler")
 
 
-@dataclass
-class Prepared:
-    digest: Digest
-    variants: dict[str, Variant]
-
-
-def load_run(settings: Settings, ledger: Ledger, run: Run) -> Prepared:
-    """The digest and variants of `run`, as it was started: from the digest text the run recorded,
-    or else from its file, refused if either changed or the sender settings differ."""
+def load_run(settings: Settings, ledger: Ledger, run: Run) -> dict[str, Variant]:
+    """The variants of `run`, as it was started: those it keeps, or else rendered from the digest
+    text it recorded, or from its file; refused if that changed or the sender settings differ."""
     if run.settings_sha256 and settings_sha256(settings) != run.settings_sha256:
         raise SendError(f"run {run.id}: name, sender, reply_to or base_url differ from the settings "
                         "it was started with", run_id=run.id)
+    kept = run_variants(ledger, run.id)
+    if kept:
+        return kept
+    from .digest import load_digest
+
     with ledger.engine.connect() as conn:
         recorded = conn.execute(sa.select(issues.c.source).where(
             issues.c.slug == run.issue, issues.c.digest_sha256 == run.digest_sha256)).scalar()
@@ -72,7 +70,7 @@ def load_run(settings: Settings, ledger: Ledger, run: Run) -> Prepared:
         digest = load_digest(run.digest_path, settings)
         if digest_sha256(digest.path) != run.digest_sha256:
             raise SendError(f"run {run.id}: {run.digest_path} changed since the run started", run_id=run.id)
-    return Prepared(digest, prepare(Renderer(settings), digest, settings, ledger.variants(run.id)))
+    return render_run(settings, ledger, run.id, digest)
 
 
 class Wakeup:
@@ -136,7 +134,7 @@ class Worker:
         self.provider = provider or make_provider(settings)
         self.stop = stop or threading.Event()
         self.exit_when_idle = exit_when_idle
-        self.prepared: dict[int, Prepared] = {}
+        self.prepared: dict[int, dict[str, Variant]] = {}  # each run's variants
         self.refused: set[int] = set()  # runs this worker cannot send (logged once)
         self.view_key = load_secret_key(settings)
         self.wakeup = Wakeup(engine, self.stop)
@@ -178,7 +176,7 @@ class Worker:
                 run.id, load_run(self.settings, self.ledger, run))
         except NewsletterError as e:
             return self._refuse(run, str(e))
-        composer = Composer(self.settings, prepared.digest, prepared.variants, view_key=self.view_key)
+        composer = Composer(self.settings, run.issue, prepared, view_key=self.view_key)
         s = self.settings
         sender = Sender(self.ledger, self.provider, composer, rate=s.send_rate, batch_size=s.batch_size,
                         max_failures=s.max_failures, lease=s.batch_lease, stop=self.stop)

@@ -13,8 +13,7 @@ from newsletter.digest import load_digest
 from newsletter.ledger import Ledger, RunStatus
 from newsletter.links import Links
 from newsletter.providers import make_provider
-from newsletter.render import Renderer
-from newsletter.send import Composer, Sender, open_run, render_variants
+from newsletter.send import Composer, Sender, open_run
 from newsletter.subscribers import Consent, ConsentMethod, Subscribers
 from newsletter.web import create_app
 
@@ -57,8 +56,8 @@ def archive_site(tmp_path_factory, session_settings, images):
                     encoding="utf-8")
     digest = load_digest(path, settings)
     ledger = Ledger(subs.engine)
-    run, _ = open_run(ledger, digest, subs, "outbox", settings)
-    composer = Composer(settings, digest, render_variants(Renderer(settings), digest, ledger.variants(run.id)), KEY)
+    run, _, variants = open_run(ledger, digest, subs, "outbox", settings)
+    composer = Composer(settings, digest.slug, variants, KEY)
     assert Sender(ledger, make_provider(settings), composer, rate=1000.0).send(run).status == RunStatus.FINISHED
     server = make_server("127.0.0.1", 0, create_app(settings, subscribers=subs, key=KEY), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -13,8 +13,7 @@ from werkzeug.serving import make_server
 from newsletter.digest import load_digest
 from newsletter.ledger import Ledger, RunStatus
 from newsletter.providers import make_provider
-from newsletter.render import Renderer
-from newsletter.send import Composer, Sender, open_run, render_variants
+from newsletter.send import Composer, Sender, open_run
 from newsletter.store import readers, send_runs
 from newsletter.subscribers import Consent, ConsentMethod, Subscribers
 from newsletter.web import create_app
@@ -58,8 +57,8 @@ def stats_site(tmp_path_factory, session_settings):
         path = folder / f"2026-0{n + 3}-01-issue.md"
         path.write_text(digest_text(f"Issue {n + 1}", f"2026-0{n + 3}-01"), encoding="utf-8")
         digest = load_digest(path, settings)
-        run, _ = open_run(ledger, digest, subs, "outbox", settings)
-        composer = Composer(settings, digest, render_variants(Renderer(settings), digest, ledger.variants(run.id)), KEY)
+        run, _, variants = open_run(ledger, digest, subs, "outbox", settings)
+        composer = Composer(settings, digest.slug, variants, KEY)
         assert Sender(ledger, make_provider(settings), composer, rate=1000.0).send(run).status == RunStatus.FINISHED
         with subs.engine.begin() as conn:
             conn.execute(sa.update(send_runs).where(send_runs.c.id == run.id)

@@ -95,12 +95,12 @@ def templated(html: str, text: str, links: dict[str, str], *, to: str = "reader@
 
 
 def composer_message(settings, example, variants, to: str, variant: str = "all", token: str = "t" * 32):
-    composer = Composer(settings, example, variants, view_key=b"k" * 32)
+    composer = Composer(settings, example.slug, variants, view_key=b"k" * 32)
     return composer.message("r7-42", Recipient(42, to, "A Reader", token, variant))
 
 
 def test_every_variant_of_the_example_is_the_email_package_s_email(session_settings, example, variants):
-    composer = Composer(session_settings, example, variants, view_key=b"k" * 32)
+    composer = Composer(session_settings, example.slug, variants, view_key=b"k" * 32)
     for n, key in enumerate(variants):
         message = composer.message(f"r7-{n}", Recipient(n, READERS[n % 3], None, "tok" * 11, key))
         raw = check_same(message, n=2)[0]

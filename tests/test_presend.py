@@ -131,7 +131,7 @@ def test_an_email_without_an_unsubscribe_link_is_an_error(settings, example, tmp
 def test_links_filled_into_the_html_are_escaped(settings, example):
     hostile = settings.with_overrides(base_url='https://x.example/"><script>alert(1)</script>')
     variants = render_variants(Renderer(hostile), example, ["all"])
-    message = Composer(hostile, example, variants).message("k", Recipient(1, "a@example.org", None, "tok", "all"))
+    message = Composer(hostile, example.slug, variants).message("k", Recipient(1, "a@example.org", None, "tok", "all"))
     assert "<script>alert" not in message.html
     assert 'href="https://x.example/&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;/u/tok"' in message.html
     assert 'https://x.example/"><script>alert(1)</script>/u/tok' in message.text  # text is not HTML

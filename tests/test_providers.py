@@ -47,7 +47,7 @@ def check_parsed(raw: bytes, to: str) -> None:
 def composed(session_settings, renderer, example):
     """Messages as a send makes them: the example digest's variants, each with its template."""
     variants = render_variants(renderer, example, ["all", "ai-tech"])
-    composer = Composer(session_settings, example, variants, view_key=b"k" * 32)
+    composer = Composer(session_settings, example.slug, variants, view_key=b"k" * 32)
     readers = [("ana@example.com", "all"), ("josé@exämple.org", "ai-tech"), ("bo@example.com", "ai-tech")]
     return [composer.message(f"r3-{n}", Recipient(n, to, None, f"tok{n}" * 8, variant))
             for n, (to, variant) in enumerate(readers)]

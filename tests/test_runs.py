@@ -30,7 +30,7 @@ def half_sent(subs, settings, digest_path=EXAMPLE):
     """A run of 10 readers: batch 1 (3) delivered, batch 2 (3) in flight when the process died, 4 queued."""
     digest = load_digest(digest_path, settings)
     ledger = Ledger(subs.engine)
-    run, _ = open_run(ledger, digest, subs, "outbox", settings)
+    run, _, _ = open_run(ledger, digest, subs, "outbox", settings)
     first = ledger.claim(run.id, 3)
     ledger.record(first, [Outcome(True, message_id=f"m{r.delivery_id}") for r in first.recipients])
     in_flight = ledger.claim(run.id, 3)
@@ -63,7 +63,7 @@ def test_cancel_records_what_was_delivered_and_a_new_run_sends_the_rest(subs, se
     # The delivered and the maybe-delivered are left out of the next run; nobody else is.
     had_it = ledger.had_it(digest.slug)
     assert emails_of(subs, had_it) == set(delivered) | set(in_flight)
-    second, due = open_run(ledger, digest, subs, "outbox", settings)
+    second, due, _ = open_run(ledger, digest, subs, "outbox", settings)
     assert emails_of(subs, readers_of(subs, second.id)) == set(emails) - emails_of(subs, had_it)
     assert due.total == 4 and due.had_it == 6
     with pytest.raises(SendError, match="run 2 of .* is sending"):
@@ -71,7 +71,7 @@ def test_cancel_records_what_was_delivered_and_a_new_run_sends_the_rest(subs, se
 
     # --again, once that run is over, sends to everyone.
     ledger.cancel(second.id)
-    third, due = open_run(ledger, digest, subs, "outbox", settings, again=True)
+    third, due, _ = open_run(ledger, digest, subs, "outbox", settings, again=True)
     assert due.total == 10 and len(readers_of(subs, third.id)) == 10
 
 
@@ -99,7 +99,7 @@ def test_plan_leaves_out_who_had_it(subs, settings):
     add_readers(subs, 5)
     digest = load_digest(EXAMPLE, settings)
     ledger = Ledger(subs.engine)
-    run, due = open_run(ledger, digest, subs, "outbox", settings)
+    run, due, _ = open_run(ledger, digest, subs, "outbox", settings)
     batch = ledger.claim(run.id, 1)
     ledger.record(batch, [Outcome(True, message_id="m")])
     ledger.cancel(run.id)
@@ -163,7 +163,7 @@ def test_a_cancelled_run_is_never_sent_on(subs, settings, tmp_path):
     ledger.cancel(run.id)
     variants = render_variants(Renderer(settings), digest, ledger.variants(run.id))
     provider = OutboxProvider(tmp_path / "outbox")
-    sender = Sender(ledger, provider, Composer(settings, digest, variants), rate=1000.0)
+    sender = Sender(ledger, provider, Composer(settings, digest.slug, variants), rate=1000.0)
     with pytest.raises(SendError, match="run 1 is cancelled"):
         sender.send(stale_view)
     assert ledger.run(run.id).status == RunStatus.CANCELLED

@@ -61,7 +61,7 @@ def test_a_quota_pause_is_retried_after_15_minutes_then_1_hour_and_finishes(rese
                                                                            fake_resend):
     fake_resend.switches.quota = "daily"
     ledger, run, digest, variants = start(resend_settings, subs)
-    run = send.deliver(resend_settings, ledger, run, digest, variants)
+    run = send.deliver(resend_settings, ledger, run, variants)
     assert run.status == RunStatus.PAUSED and run.transient and "quota" in run.reason
     assert next_retry(run) == run.updated_at + dt.timedelta(minutes=15)
 
@@ -91,7 +91,7 @@ def test_after_the_last_retry_the_run_stays_paused_until_someone_resumes_it(rese
         monkeypatch.setenv(f"NEWSLETTER_{var}", value)
     fake_resend.switches.quota = "monthly"
     ledger, run, digest, variants = start(resend_settings, subs)
-    run = send.deliver(resend_settings, ledger, run, digest, variants)
+    run = send.deliver(resend_settings, ledger, run, variants)
     for wait in BACKOFF:
         assert next_retry(run) == run.updated_at + wait
         (run,) = retry_paused(resend_settings, subs.engine, now=run.updated_at + wait)
@@ -137,7 +137,7 @@ def test_only_a_pause_time_fixes_is_retried(cause, transient, resend_settings, s
     else:
         stop.set()
     ledger, run, digest, variants = start(resend_settings, subs)
-    run = send.deliver(resend_settings, ledger, run, digest, variants, stop=stop)
+    run = send.deliver(resend_settings, ledger, run, variants, stop=stop)
     assert run.status == RunStatus.PAUSED and run.transient is transient, run.reason
 
     fake_resend.switches.fail_next, fake_resend.switches.quota = 0, None
@@ -154,7 +154,7 @@ def test_only_a_pause_time_fixes_is_retried(cause, transient, resend_settings, s
 def test_two_schedulers_never_both_take_one_retry(resend_settings, subs, readers, fake_resend):
     fake_resend.switches.quota = "daily"
     ledger, run, digest, variants = start(resend_settings, subs)
-    run = send.deliver(resend_settings, ledger, run, digest, variants)
+    run = send.deliver(resend_settings, ledger, run, variants)
     assert Ledger(subs.engine).take_retry(run) is True
     assert Ledger(subs.engine).take_retry(run) is False, "the second look finds the retry taken"
     # The first scheduler's retry paused again at once; the second still holds the old look.
@@ -178,7 +178,7 @@ def test_the_scheduler_process_retries_a_paused_run_whose_wait_is_over(tmp_path,
         subs.add(email, consent=Consent(ConsentMethod.CLI))
     fake_resend.switches.quota = "daily"
     ledger, run, digest, variants = start(settings, subs)
-    run = send.deliver(settings, ledger, run, digest, variants)
+    run = send.deliver(settings, ledger, run, variants)
     assert run.status == RunStatus.PAUSED and run.transient
     fake_resend.switches.quota = None
     with subs.engine.begin() as conn:  # it paused 16 minutes ago
@@ -293,7 +293,7 @@ def test_without_notify_the_writer_gets_nothing(outbox_settings, subs, readers):
 def test_a_paused_send_tells_the_writer_why_and_how_to_resume(resend_settings, subs, readers, fake_resend):
     fake_resend.switches.fail_next = 3  # an outage: two failed requests pause the run (max_failures 2)
     ledger, run, digest, variants = start(resend_settings, subs)
-    run = send.deliver(resend_settings, ledger, run, digest, variants)
+    run = send.deliver(resend_settings, ledger, run, variants)
     assert run.status == RunStatus.PAUSED and run.transient
 
     from newsletter.schedule import tell
@@ -320,7 +320,7 @@ def test_a_notification_the_provider_refuses_is_logged_and_changes_nothing(resen
                                                                           fake_resend, caplog):
     fake_resend.switches.quota = "daily"
     ledger, run, digest, variants = start(resend_settings, subs)
-    run = send.deliver(resend_settings, ledger, run, digest, variants)
+    run = send.deliver(resend_settings, ledger, run, variants)
     from newsletter.schedule import tell
 
     with caplog.at_level("ERROR", logger="newsletter.notify"):

@@ -16,8 +16,7 @@ from newsletter.digest import load_digest
 from newsletter.errors import SendError, Unavailable
 from newsletter.ledger import MAX_ATTEMPTS, Ledger, Run, RunStatus
 from newsletter.providers import make_provider
-from newsletter.render import Renderer
-from newsletter.send import Composer, Sender, check_unchanged, open_run, render_variants
+from newsletter.send import Composer, Sender, check_unchanged, open_run, run_variants
 from newsletter.store import deliveries, send_batches, utcnow
 from newsletter.subscribers import Consent, ConsentMethod, Status, Subscribers
 
@@ -64,15 +63,15 @@ def make_sender(settings, subs, provider=None, ledger=None, **options):
 def start(settings, subs, *, again=False):
     digest = load_digest(EXAMPLE, settings)
     ledger = Ledger(subs.engine)
-    run, due = open_run(ledger, digest, subs, settings.provider, settings, again=again)
+    run, due, _ = open_run(ledger, digest, subs, settings.provider, settings, again=again)
     return digest, ledger, run
 
 
 def sender_for(settings, digest, ledger, run, provider=None, **options):
-    variants = render_variants(Renderer(settings), digest, ledger.variants(run.id))
+    variants = run_variants(ledger, run.id)  # as the run keeps them
     options = {"rate": settings.send_rate, "batch_size": 50, "max_failures": 6, "base_delay": 0.01,
                "max_delay": 0.05} | options
-    return Sender(ledger, provider or make_provider(settings), Composer(settings, digest, variants), **options)
+    return Sender(ledger, provider or make_provider(settings), Composer(settings, digest.slug, variants), **options)
 
 
 def send_all(settings, subs, **options):
@@ -308,7 +307,7 @@ def test_a_changed_digest_cannot_resume(fake_resend, send_settings, subs, reader
     copy.write_text(EXAMPLE.read_text())
     digest = load_digest(copy, send_settings)
     ledger = Ledger(subs.engine)
-    run, _ = open_run(ledger, digest, subs, "resend", send_settings)
+    run, _, _ = open_run(ledger, digest, subs, "resend", send_settings)
     copy.write_text(EXAMPLE.read_text().replace("Corrections are always welcome.", "Corrections welcome."))
     with pytest.raises(SendError, match="changed since run .* started"):
         check_unchanged(run, load_digest(copy, send_settings), send_settings)

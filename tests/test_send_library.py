@@ -7,12 +7,14 @@ from collections import Counter
 from email import message_from_bytes, policy
 
 import pytest
+import sqlalchemy as sa
 
 from newsletter import send
 from newsletter.digest import load_digest
 from newsletter.errors import AlreadySent, RunBusy, RunNotFound, RunUnfinished, SendError
 from newsletter.ledger import Ledger, RunStatus
 from newsletter.providers.outbox import OutboxProvider
+from newsletter.store import run_variants
 from newsletter.subscribers import Consent, ConsentMethod
 
 from .conftest import EXAMPLE
@@ -55,7 +57,7 @@ def test_start_and_deliver_to_the_outbox(lib_settings, subs, emails):
     assert due.total == len(emails) and sorted(variants) == sorted(due.per_variant)
     assert outbox(lib_settings) == Counter(), "starting a run sends nothing"
 
-    run = send.deliver(lib_settings, ledger, run, digest, variants)
+    run = send.deliver(lib_settings, ledger, run, variants)
     assert run.status == RunStatus.FINISHED
     assert ledger.counts(run.id)["sent"] == len(emails)
     assert outbox(lib_settings) == Counter({email: 1 for email in emails})
@@ -64,7 +66,7 @@ def test_start_and_deliver_to_the_outbox(lib_settings, subs, emails):
 
 def test_an_issue_already_sent(lib_settings, subs, emails):
     digest, ledger, run, variants, _ = start(lib_settings, subs)
-    send.deliver(lib_settings, ledger, run, digest, variants)
+    send.deliver(lib_settings, ledger, run, variants)
     with pytest.raises(AlreadySent, match=rf"{digest.slug} was already sent \(run {run.id}, finished") as e:
         start(lib_settings, subs)
     assert e.value.run_id == run.id
@@ -104,7 +106,7 @@ def test_a_run_another_process_is_sending(lib_settings, subs, emails):
         send.resume(lib_settings, ledger, run.id)
     assert e.value.run_id == run.id
     with pytest.raises(RunBusy) as e:
-        send.deliver(lib_settings, ledger, run, digest, variants)
+        send.deliver(lib_settings, ledger, run, variants)
     assert e.value.run_id == run.id
     assert outbox(lib_settings) == Counter()
     assert ledger.counts(run.id)["queued"] == len(emails)
@@ -126,7 +128,7 @@ def test_stop_pauses_after_the_batch_in_flight_and_resume_finishes(lib_settings,
         seen.append(progress.done)
         stop.set()  # as a signal handler or a scheduler's shutdown would
 
-    run = send.deliver(lib_settings, ledger, run, digest, variants, on_progress=on_progress, stop=stop)
+    run = send.deliver(lib_settings, ledger, run, variants, on_progress=on_progress, stop=stop)
     assert run.status == RunStatus.PAUSED and run.reason == "paused by the user"
     assert seen == [3] and sum(outbox(lib_settings).values()) == 3, "one batch, then the pause"
 
@@ -171,12 +173,12 @@ def test_the_provider_is_closed_by_whoever_made_it(lib_settings, subs, emails, m
     elsewhere.owner = "another-host:4242"
     elsewhere.acquire(run.id, 300)
     with pytest.raises(RunBusy):
-        send.deliver(lib_settings, ledger, run, digest, variants)
+        send.deliver(lib_settings, ledger, run, variants)
     assert made[-1].closed, "made by deliver: closed, even when the send fails"
     elsewhere.release(run.id)
 
     mine = Watched(lib_settings.outbox_dir)
-    assert send.deliver(lib_settings, ledger, run, digest, variants, provider=mine).status == RunStatus.FINISHED
+    assert send.deliver(lib_settings, ledger, run, variants, provider=mine).status == RunStatus.FINISHED
     assert not mine.closed, "passed in: the caller's to close"
 
 
@@ -187,5 +189,53 @@ def test_a_run_goes_on_only_with_its_own_provider(lib_settings, subs, emails):
         name = "smtp"
 
     with pytest.raises(SendError, match=f"run {run.id} was started with outbox; the settings now say smtp"):
-        send.deliver(lib_settings, ledger, run, digest, variants, provider=Elsewhere(lib_settings.outbox_dir))
+        send.deliver(lib_settings, ledger, run, variants, provider=Elsewhere(lib_settings.outbox_dir))
     assert outbox(lib_settings) == Counter()
+
+
+def test_a_reader_who_subscribes_between_the_plan_and_the_run_gets_the_issue(lib_settings, subs, emails):
+    """`send` shows the plan, renders and asks before the run exists: someone who subscribes
+    meanwhile, with categories no one else has, is in the run, and their variant is rendered then
+    and kept with it."""
+    digest, ledger = load_digest(EXAMPLE, lib_settings), Ledger(subs.engine)
+    due = send.plan_run(digest, subs, ledger)
+    variants = send.prepare_variants(lib_settings, digest, due)
+    late = send.variant_for(["ai-news"], *send.digest_categories(digest))
+    assert late not in variants, "the test needs a variant no reader of the plan gets"
+    subs.add("late@example.com", categories=["ai-news"], consent=Consent(ConsentMethod.CLI))
+
+    run, variants, due = send.start_run(lib_settings, digest, subs, ledger, due=due, variants=variants)
+    assert late in variants and due.total == len(emails) + 1
+    assert sorted(ledger.run_variants(run.id)) == sorted(ledger.variants(run.id)) == sorted(variants)
+    run = send.deliver(lib_settings, ledger, run, variants)
+    assert run.status == RunStatus.FINISHED, run.reason
+    assert outbox(lib_settings) == Counter({email: 1 for email in [*emails, "late@example.com"]})
+
+
+def html_parts(settings) -> list[str]:
+    return [message_from_bytes(p.read_bytes(), policy=policy.default).get_body(("html",)).get_content()
+            for p in settings.outbox_dir.glob("*.eml")]
+
+
+def test_a_run_is_sent_as_its_variants_were_rendered_when_it_started(lib_settings, subs, emails):
+    """A run keeps its variants: a resume (or a worker) sends those, not what today's templates or
+    digest would render, so a batch sent again is the same request and every reader of a variant
+    gets the same email. A run from before runs kept them is rendered from its digest."""
+    digest, ledger, run, variants, _ = start(lib_settings, subs)
+    kept = ledger.run_variants(run.id)
+    assert {key: (v.html, v.text, v.subject) for key, v in kept.items()} == {
+        key: (v.html.source, v.text.source, v.subject) for key, v in variants.items()}
+    assert all("%%unsubscribe_url%%" in v.html for v in kept.values()), "reader links stay placeholders"
+    with subs.engine.begin() as conn:  # what the templates made of it then, told apart from what they make now
+        conn.execute(sa.update(run_variants).values(
+            html=sa.func.replace(run_variants.c.html, "</body>", "<p>as kept</p></body>")))
+    run = send.resume(lib_settings, ledger, run.id)
+    assert run.status == RunStatus.FINISHED, run.reason
+    sent = html_parts(lib_settings)
+    assert len(sent) == len(emails) and all("<p>as kept</p>" in html for html in sent)
+
+    older, variants, _ = start(lib_settings, subs, again=True)[2:]
+    with subs.engine.begin() as conn:
+        conn.execute(sa.delete(run_variants).where(run_variants.c.run_id == older.id))
+    assert send.resume(lib_settings, ledger, older.id).status == RunStatus.FINISHED
+    assert len(html_parts(lib_settings)) == 2 * len(emails)

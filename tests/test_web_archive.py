@@ -17,8 +17,8 @@ from newsletter.digest import load_digest
 from newsletter.ledger import Ledger, RunStatus
 from newsletter.links import Links
 from newsletter.providers import make_provider
-from newsletter.render import Renderer, select
-from newsletter.send import Composer, Sender, open_run, possible_variants, render_variants
+from newsletter.render import select
+from newsletter.send import Composer, Sender, open_run, possible_variants
 from newsletter.subscribers import Consent, ConsentMethod
 from newsletter.web import create_app
 
@@ -67,16 +67,15 @@ def start(web, path, *, again: bool = False, settings=None):
     settings = settings or web.settings
     digest = load_digest(path, settings)
     ledger = Ledger(web.subs.engine)
-    run, _ = open_run(ledger, digest, web.subs, "outbox", settings, again=again)
-    return digest, ledger, run
+    run, _, variants = open_run(ledger, digest, web.subs, "outbox", settings, again=again)
+    return digest, ledger, run, variants
 
 
 def send(web, path, *, again: bool = False, settings=None):
     """Send the digest at `path` to every due reader, through the outbox, to the end of its run."""
     settings = settings or web.settings
-    digest, ledger, run = start(web, path, again=again, settings=settings)
-    variants = render_variants(Renderer(settings), digest, ledger.variants(run.id))
-    composer = Composer(settings, digest, variants, view_key=KEY)
+    digest, ledger, run, variants = start(web, path, again=again, settings=settings)
+    composer = Composer(settings, digest.slug, variants, view_key=KEY)
     run = Sender(ledger, make_provider(settings), composer, rate=1000.0).send(run)
     assert run.status == RunStatus.FINISHED
     return digest
@@ -108,7 +107,7 @@ def test_an_issue_is_in_the_archive_only_once_a_run_of_it_finished(web, readers,
     not_found = page(web, "/issues/no-such-issue", 404)
     assert page(web, "/issues/2026-05-01-first", 404) == not_found
 
-    digest, ledger, run = start(web, path)  # recorded, but still being sent
+    digest, ledger, run, _ = start(web, path)  # recorded, but still being sent
     assert page(web, "/issues/2026-05-01-first", 404) == not_found
     assert listed(page(web, "/issues/")) == []
     ledger.cancel(run.id)  # only cancelled

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from newsletter.ledger import Ledger, RunStatus
-from newsletter.store import insert_many, reader_categories, readers, send_batches, utcnow
+from newsletter.store import insert_many, issues, reader_categories, readers, run_variants, send_batches, utcnow
 from newsletter.subscribers import Subscribers, new_token
 
 from .conftest import PG_URL, ROOT, TEST_KEY
@@ -250,3 +250,31 @@ def test_an_idle_worker_wakes_as_soon_as_a_run_starts_or_resumes(pg_url, session
         wakeup.close()
         engine.dispose()
         ledger.engine.dispose()
+
+
+def test_a_worker_sends_the_variants_the_run_keeps_and_loads_no_renderer(pg_url, fake_resend, session_settings,
+                                                                         write_digest):
+    """A worker on another machine needs no digest file and no templates: it sends the run's
+    variants as the run keeps them, and never imports the renderer (its start stays short)."""
+    emails = populate(pg_url, session_settings, 250)
+    env = environment(pg_url, fake_resend)
+    digest = write_digest(DIGEST, "2026-05-02-kept.md")
+    start_run(env, digest)
+    digest.unlink()
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.begin() as conn:  # only what the run keeps is left to send from, told apart by a mark
+            conn.execute(sa.update(run_variants).values(
+                html=sa.func.replace(run_variants.c.html, "</body>", "<p>as kept</p></body>")))
+            conn.execute(sa.delete(issues))
+    finally:
+        engine.dispose()
+    loaded = ("newsletter.render", "newsletter.digest", "mjml", "premailer", "jinja2", "markdown_it")
+    code = ("import sys\nfrom newsletter.cli import main\ncode = main(['worker', '--exit-when-idle'])\n"
+            f"print(sorted(m for m in {loaded!r} if m in sys.modules))\nsys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]", "a worker imports no renderer"
+    sent = fake_resend.state.deliveries
+    assert Counter(d.to for d in sent) == Counter({e: 1 for e in emails})
+    assert all("<p>as kept</p>" in d.html for d in sent)
