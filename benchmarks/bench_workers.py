@@ -1,14 +1,15 @@
 """Workers: 1, 2 and 4 `newsletter worker` processes sharing a run on PostgreSQL.
 
-(a) Against a fake Resend that answers every request after 200 ms, with the workers running and
-waiting when the run starts, as deployed; (a2) the same with the workers started after the run,
+(a) Against a fake Resend that answers every request 200 ms after it arrived (as a provider with
+that latency would: its own work, decoding the JSON, done within that time), with the workers
+running and waiting when the run starts, as deployed; (a2) the same with the workers started after the run,
 with --exit-when-idle, as a batch job; then (b) without latency, as a batch job.
 
 Each measurement has a PostgreSQL schema of its own with the same readers (default 20,000), a
 run started by `newsletter send --workers 0`, batches of 100, a `send_rate` too high to bind
 (10,000 requests/s) and a fresh fake server in a process of its own. (a) is timed by the
-database's clock from the run's creation to its end (the workers, woken by its NOTIFY, render its
-variants in that time); (a2) and (b) from the moment the workers start until the last one exits,
+database's clock from the run's creation to its end (the workers, woken by its NOTIFY, load the
+variants it keeps in that time); (a2) and (b) from the moment the workers start until the last one exits,
 their start (interpreter, imports: about a second of CPU each) included. A measurement counts
 only if the run finished with every reader delivered once (the fake's /_stats: as many
 deliveries as readers, no duplicates).
@@ -60,8 +61,8 @@ LATENCY = 0.2
 
 
 def child_fake(delay: float) -> None:
-    """The fake Resend server, answering every request `delay` seconds late (each request in a
-    thread of its own, so concurrent requests wait concurrently); keeps no email bodies."""
+    """The fake Resend server, answering every request `delay` seconds after it arrived (each
+    request in a thread of its own, so concurrent requests wait concurrently); keeps no email bodies."""
     sys.path.insert(0, str(ROOT))
     from tests.fake_resend import FakeResend
 
@@ -192,7 +193,7 @@ def measure(admin, readers: int, workers: int, delay: float, digest: Path, deadl
 
 def idle_worker(admin) -> tuple[float, float]:
     """Wall and CPU seconds of a worker with no run to take part in: the start every worker pays
-    (interpreter, imports, settings, connecting), without rendering any variant."""
+    (interpreter, imports, settings, connecting), without loading any run."""
     with tempfile.TemporaryDirectory() as tmp, Schema(admin) as schema:
         subprocess.run([sys.executable, __file__, "--populate", schema.url, "0"], check=True)
         env = environment(schema.url, {"api_key": "re_test_key", "url": "http://127.0.0.1:9"}, tmp)
@@ -358,8 +359,8 @@ def report(label: str, results: list[dict], goal: float | None) -> bool:
         if m["first_part"] is not None:
             phase = (f"; the first worker sending after {m['first_part']:.1f} s"
                      + (f", all after {m['all_part']:.1f} s" if m["workers"] > 1 and m["all_part"] else "")
-                     + (" (woken by the run, rendering its variants)" if m["running"] else
-                        " (start: interpreter, imports, rendering the variants)"))
+                     + (" (woken by the run, loading the variants it keeps)" if m["running"] else
+                        " (start: interpreter, imports, loading the variants)"))
         timed = "from the run's creation to its end" if m["running"] else "from start to the last exit"
         figure = (f"{rate:,.0f} emails/s, " + (f"{rate / (one['readers'] / one['wall']):.2f}x one worker"
                                              if counted[0] else "one worker not counted") if good else
@@ -424,6 +425,8 @@ def main() -> None:
     parser.add_argument("--digest", type=Path, default=DIGEST)
     parser.add_argument("--deadline", type=float, default=240.0,
                         help="seconds a measurement's workers may take before they are stopped and reported")
+    parser.add_argument("--only", choices=("a", "a2", "b"), action="append",
+                        help="measure only this part (again for more); all three by default")
     parser.add_argument("--populate", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--fake", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -443,23 +446,34 @@ def main() -> None:
               f"PostgreSQL, {CORES} cores")
         idle_wall, idle_cpu = idle_worker(admin)
         print(f"a worker with no run to take part in starts and exits in {idle_wall:.1f} s ({idle_cpu:.1f} s of CPU): "
-              f"the start each worker pays before it renders the run's variants")
-        print(f"(a) the fake Resend answering every request after {LATENCY * 1000:.0f} ms, the workers running "
-              "and waiting when the run starts, as deployed (they LISTEN for it):")
-        running = [measure(admin, args.readers, n, LATENCY, args.digest, args.deadline, running=True) for n in COUNTS]
-        ok &= report("(a)", running, 3.5)
-        print(f"(a2) the same, each worker started with --exit-when-idle after the run was created (a batch job: "
-              "its start, about a second of CPU, is counted):")
-        latency = [measure(admin, args.readers, n, LATENCY, args.digest, args.deadline) for n in COUNTS]
-        ok &= report("(a2)", latency, None)
-        print("(b) the fake Resend answering at once:")
-        at_once = [measure(admin, args.readers, n, 0.0, args.digest, args.deadline) for n in COUNTS]
-        ok &= report("(b)", at_once, None)
-        if all(not check(m) for m in at_once):
-            print(f"    {limits(at_once, idle_cpu)}")
-        peak = max(m["peak"] for m in running + latency + at_once)
-        print(f"peak memory of one worker: {peak:.0f} MB (the largest VmHWM of any worker in any measurement; "
-              f"one worker alone: {latency[0]['peak']:.0f} MB with latency, {at_once[0]['peak']:.0f} MB without)")
+              f"the start each worker pays before it loads a run")
+        parts = set(args.only or ("a", "a2", "b"))
+        measured: list[dict] = []
+        if "a" in parts:
+            print(f"(a) the fake Resend answering every request after {LATENCY * 1000:.0f} ms, the workers running "
+                  "and waiting when the run starts, as deployed (they LISTEN for it):")
+            running = [measure(admin, args.readers, n, LATENCY, args.digest, args.deadline, running=True)
+                       for n in COUNTS]
+            ok &= report("(a)", running, 3.5)
+            measured += running
+        if "a2" in parts:
+            print("(a2) the same, each worker started with --exit-when-idle after the run was created (a batch job: "
+                  "its start, about a second of CPU, is counted):")
+            latency = [measure(admin, args.readers, n, LATENCY, args.digest, args.deadline) for n in COUNTS]
+            ok &= report("(a2)", latency, None)
+            measured += latency
+        if "b" in parts:
+            print("(b) the fake Resend answering at once:")
+            at_once = [measure(admin, args.readers, n, 0.0, args.digest, args.deadline) for n in COUNTS]
+            ok &= report("(b)", at_once, None)
+            if all(not check(m) for m in at_once):
+                print(f"    {limits(at_once, idle_cpu)}")
+            measured += at_once
+        alone = {m["delay"] > 0: m["peak"] for m in measured if m["workers"] == 1}
+        print(f"peak memory of one worker: {max(m['peak'] for m in measured):.0f} MB (the largest VmHWM of any "
+              "worker in any measurement; one worker alone: "
+              + ", ".join(f"{mb:.0f} MB {'with' if delayed else 'without'} latency" for delayed, mb in alone.items())
+              + ")")
         print(f"({time.perf_counter() - began:.0f} s in all)")
     finally:
         admin.dispose()

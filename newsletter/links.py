@@ -21,6 +21,8 @@ import re
 from typing import Iterable
 from urllib.parse import quote
 
+import orjson
+
 PATHS = {"unsubscribe": "u", "preferences": "p", "issue": "issues", "confirm": "confirm"}
 PATH_RE = re.compile(r"^/(u|p|issues|confirm)/([A-Za-z0-9._~-]{1,200})/?$")
 VIEW_PURPOSE = b"newsletter-view\x00"  # keeps these HMACs apart from any other use of the key
@@ -111,6 +113,7 @@ class Personal:
         self.parts = PLACEHOLDER_RE.split(text)  # literal, name, literal, name, ..., literal
         self.names = self.parts[1::2]
         self.html = html
+        self._json: list[bytes] | None = None  # the literals as JSON, once asked for
 
     def fill(self, values: dict[str, str]) -> str:
         parts = self.parts.copy()
@@ -122,6 +125,18 @@ class Personal:
         if self.html:  # links land in href="...": never let a value end the attribute
             return [_attribute(values[name]) for name in self.names]
         return [values[name] for name in self.names]
+
+    def json(self, values: dict[str, str]) -> bytes:
+        """`fill(values)` as a JSON string, the very bytes `orjson.dumps` writes for it: the
+        literals are encoded once per variant, so a reader's copy in a request body costs a join
+        instead of escaping 70 KB again (JSON escapes character by character, and placeholders
+        are ASCII, so the pieces join into the whole)."""
+        if self._json is None:
+            self._json = [orjson.dumps(literal)[1:-1] for literal in self.parts[0::2]]
+        parts: list[bytes] = [b""] * len(self.parts)
+        parts[0::2] = self._json
+        parts[1::2] = [orjson.dumps(value)[1:-1] for value in self.values(values)]
+        return b'"' + b"".join(parts) + b'"'
 
     @property
     def source(self) -> str:

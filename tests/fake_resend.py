@@ -24,6 +24,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import orjson  # decodes a 7 MB batch in a third of json's time: the fake's CPU is this machine's too
+
 EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 QUOTA_NAMES = {"daily": "daily_quota_exceeded", "monthly": "monthly_quota_exceeded"}
 
@@ -45,7 +47,7 @@ class Switches:
     fail_ratio: float = 0.0  # answer 500 without doing anything
     fail_after_ratio: float = 0.0  # do the work, then answer 500 anyway
     fail_next: int = 0  # the next N requests answer 500
-    delay: float = 0.0  # seconds before answering (longer than the client's timeout: a timeout)
+    delay: float = 0.0  # seconds from a request's arrival to its answer (over the client's timeout: a timeout)
     delay_next: int = 0  # only the next N requests are delayed (0: all, while delay is set)
     quota: str | None = None  # "daily" or "monthly": every request answers 429 with that name
     storm_next: int = 0  # the next N requests answer 429 whatever the rate
@@ -190,6 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         state, switches = self.state, self.state.switches
+        arrived = time.monotonic()
         self._rate_headers = {}
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
@@ -233,9 +236,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if fail:
                 return self._answer(500, _error(500, "internal_server_error", "An unexpected error occurred."))
-            if delay:
-                time.sleep(delay)  # a client with a shorter timeout gives up; the work still happens
-            status, body = self._process(raw, key)
+            decoded = _decode(raw)  # while the answer is delayed, as a provider's latency would hide it
+            if delay:  # a client with a shorter timeout gives up; the work still happens
+                time.sleep(max(0.0, delay - (time.monotonic() - arrived)))
+            status, body = self._process(raw, key, decoded)
         finally:
             with state.lock:
                 state.in_progress.discard(key)
@@ -267,9 +271,9 @@ class _Handler(BaseHTTPRequestHandler):
                               "ratelimit-reset": f"{reset:.3f}"}
         return None
 
-    def _process(self, raw: bytes, key: str | None) -> tuple[int, dict]:
+    def _process(self, raw: bytes, key: str | None, decoded) -> tuple[int, dict]:
         state = self.state
-        digest = hashlib.sha256(raw).hexdigest()
+        digest, payload = decoded
         if key is not None:
             if not 1 <= len(key) <= 256:
                 return 400, _error(400, "invalid_idempotency_key", "The key must be between 1-256 chars.")
@@ -280,9 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
                         return 409, _error(409, "invalid_idempotent_request",
                                            "Same idempotency key used with a different request payload.")
                     return status, body
-        try:
-            payload = json.loads(raw)
-        except ValueError:
+        if payload is INVALID:
             return 422, _error(422, "validation_error", "Invalid JSON body.")
         if self.path == "/emails/batch":
             status, body = self._batch(payload, key)
@@ -337,6 +339,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+
+INVALID = object()  # a body that is not JSON
+
+
+def _decode(raw: bytes) -> tuple[str, object]:
+    """A request body's digest (an idempotency key's request must not change) and its JSON."""
+    try:
+        payload = orjson.loads(raw)
+    except ValueError:
+        payload = INVALID
+    return hashlib.sha256(raw).hexdigest(), payload
 
 
 def _error(status: int, name: str, message: str) -> dict:

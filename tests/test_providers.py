@@ -228,3 +228,45 @@ def test_smtp_without_smtputf8_fails_only_the_international_address(smtp_server,
     outcomes = smtp.send(composed, "k").outcomes  # the same from templates: josé's address is international
     assert [o.ok for o in outcomes] == [True, False, True]
     assert "SMTPUTF8" in outcomes[1].error and outcomes[1].retry is False
+
+
+# -- Resend: the request body -------------------------------------------------------------------
+
+HOSTILE = ['"quoted" \\ back\\slash </script> & <b>', "tab\tnew\nline\r\x00\x1f\x7f", "café · 日本 · 🧪 · \u2028\u2029",
+           "", "%%", "%unsubscribe_url%", "\ud7ff\ue000\uffff"]
+
+
+@pytest.mark.parametrize("html", [True, False])
+def test_a_variant_written_as_json_is_what_orjson_writes_for_the_whole(html):
+    """A reader's part goes into the request body from the variant's literals, JSON-encoded once:
+    the bytes must be exactly those of encoding the filled-in text, or a batch sent again would
+    not be the same request. Placeholders at the edges, side by side, and around every
+    character JSON escapes; links with characters HTML and JSON both escape."""
+    import random
+
+    import orjson
+
+    from newsletter.links import PLACEHOLDERS, Personal
+
+    rng = random.Random(5)
+    marks = list(PLACEHOLDERS.values())
+    values = [{"unsubscribe_url": 'https://n.example/u/"tok"&<x>', "preferences_url": "https://n.example/p/ü\\",
+               "browser_url": ""},
+              {"unsubscribe_url": "https://n.example/u/t", "preferences_url": "é\n", "browser_url": "🧪"}]
+    for _ in range(200):
+        pieces = [rng.choice(HOSTILE + marks) for _ in range(rng.randint(0, 9))]
+        personal = Personal("".join(pieces), html=html)
+        for links in values:
+            assert personal.json(links) == orjson.dumps(personal.fill(links))
+
+
+def test_a_resend_request_body_holds_each_readers_own_email(composed):
+    """What the SDK hands the HTTP client: every reader's html and text as their message has it."""
+    import orjson
+
+    from newsletter.providers.resend import _dumps, _params
+
+    body = orjson.loads(_dumps([_params(m) for m in composed]))
+    assert [(e["to"], e["html"], e["text"]) for e in body] == [([m.to], m.html, m.text) for m in composed]
+    plain = message("ana@example.com")  # not from a template: written as it is
+    assert orjson.loads(_dumps([_params(plain)]))[0]["html"] == plain.html

@@ -5,12 +5,12 @@ The SDK keeps its key and base URL in module globals; this is the one place that
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import threading
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 import resend
 from resend.exceptions import ResendError
@@ -20,7 +20,8 @@ from resend.http_client import HTTPClient
 
 class Part:
     """A message's HTML or plain text, made only as the request body is written (`_dumps`): a
-    batch in memory holds one reader's 70 KB of HTML at a time, not a hundred of them."""
+    batch in memory holds one reader's 70 KB of HTML at a time, not a hundred of them. From the
+    send engine's template, it is written already encoded (`Personal.json`)."""
 
     __slots__ = ("message", "html")
 
@@ -30,21 +31,22 @@ class Part:
     def __str__(self) -> str:
         return self.message.html if self.html else self.message.text
 
+    def encoded(self) -> str | orjson.Fragment:
+        template = self.message.template
+        if template is None:
+            return str(self)
+        return orjson.Fragment((template.html if self.html else template.text).json(self.message.links))
 
-def _part(value: object) -> str:
+
+def _part(value: object) -> str | orjson.Fragment:
     if isinstance(value, Part):
-        return str(value)
+        return value.encoded()
     raise TypeError(f"cannot send a {type(value).__name__} in a request to Resend")
 
 
-try:  # about three times faster than json for a batch of 100 emails of 50 KB
-    import orjson
+def _dumps(value) -> bytes:
+    return orjson.dumps(value, default=_part)
 
-    def _dumps(value) -> bytes:
-        return orjson.dumps(value, default=_part)
-except ImportError:  # pragma: no cover
-    def _dumps(value) -> bytes:
-        return json.dumps(value, default=_part).encode()
 
 from ..errors import ProviderError, QuotaExceeded, RateLimited, Rejected, Unavailable
 from . import BatchResult, Message, Outcome
