@@ -222,15 +222,15 @@ class Ledger:
     def create_run(self, *, issue: str, digest_path: str, digest_sha256: str, settings_sha256: str,
                    subject: str, provider: str, audience: "Audience | None" = None,
                    recipients: Iterable[tuple[int, str]] = (),
-                   variants: Callable[[list[str]], Iterable[RunVariant]] | None = None) -> Run:
+                   variants: Callable[[dict[str, int]], Iterable[RunVariant]] | None = None) -> Run:
         """A run and one queued delivery per reader it is for, in one transaction: every reader of
         `audience`, copied by the database from the readers table in one statement (the list never
         passes through this process, however long it is), or the (reader id, variant) pairs of
         `recipients`.
 
-        `variants` is given the keys of the variants the run's readers get, as copied, and gives
-        back each one rendered; the run keeps them (`run_variants`), committed with it, so that no
-        process ever sends it without them."""
+        `variants` is given how many of the run's readers, as copied, get each variant, and gives
+        back each of those variants rendered; the run keeps them (`run_variants`), committed with
+        it, so that no process ever sends it without them."""
         now = utcnow()
         try:
             with self.engine.begin() as conn:
@@ -255,16 +255,17 @@ class Ledger:
                         chunk = []
                 insert_many(conn, deliveries, chunk)
                 if variants is not None:
-                    keys = list(conn.execute(sa.select(deliveries.c.variant).where(deliveries.c.run_id == run_id)
-                                             .distinct().order_by(deliveries.c.variant)).scalars())
+                    sizes = dict(sorted(conn.execute(sa.select(deliveries.c.variant, sa.func.count())
+                                                     .where(deliveries.c.run_id == run_id)
+                                                     .group_by(deliveries.c.variant)).all()))
                     kept = set()
-                    for variant in variants(keys):  # one at a time: a run may have many
+                    for variant in variants(sizes):  # one at a time: a run may have many
                         conn.execute(sa.insert(run_variants).values(
                             run_id=run_id, key=variant.key, subject=variant.subject, html=variant.html,
                             text=variant.text, size=variant.size))
                         kept.add(variant.key)
-                    if kept != set(keys):
-                        raise SendError(f"run of {issue}: variants {sorted(set(keys) - kept)} were not rendered")
+                    if kept != set(sizes):
+                        raise SendError(f"run of {issue}: variants {sorted(set(sizes) - kept)} were not rendered")
         except StoreConflict:  # the unique index on unfinished runs of an issue
             other = [r.id for r in self.runs(issue) if r.status in (RunStatus.SENDING, RunStatus.PAUSED)]
             raise RunUnfinished(f"another run of {issue} was started at the same moment; see "

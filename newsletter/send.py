@@ -258,25 +258,27 @@ def open_run(ledger: Ledger, digest: Digest, subscribers: Subscribers, provider:
 
     source = Path(digest.path).read_bytes()  # read once: the run and the archive hold the same text
     ready = dict(variants or {})
+    sizes: dict[str, int] = {}
 
-    def ready_for(keys: list[str]) -> list[str]:
-        missing = [key for key in keys if key not in ready]
+    def rendered(copied: dict[str, int]) -> list[RunVariant]:
+        """For `create_run`: each variant of the readers it copied (those of the plan prepared)."""
+        sizes.update(copied)
+        missing = [key for key in copied if key not in ready]
         if missing:
             from .render import Renderer
 
             ready.update(prepare(Renderer(settings), digest, settings, missing))
-        return keys
+        return [ready[key].kept() for key in copied]
     run = ledger.create_run(issue=digest.slug, digest_path=str(digest.path),
                             digest_sha256=hashlib.sha256(source).hexdigest(),
                             settings_sha256=settings_sha256(settings), subject=digest.title,
                             provider=provider, audience=audience_of(digest, leave_out),
-                            variants=lambda keys: [ready[key].kept() for key in ready_for(keys)])
+                            variants=rendered)
     # After the run exists: of two sends started at once, only the one whose run was created
     # records its text. The web archive shows the issue once a run of it has finished.
     record_issue(ledger.engine, digest, source)
-    # Who is in the run is what the database copied: counted there, per variant.
-    kept = {key: ready[key] for key in ledger.variants(run.id)}
-    return run, Plan(ledger.variant_sizes(run.id), due.not_due, due.had_it, due.audience), kept
+    # Who is in the run is what the database copied: counted there, per variant, as it copied them.
+    return run, Plan(sizes, due.not_due, due.had_it, due.audience), {key: ready[key] for key in sizes}
 
 
 def check_unchanged(run: Run, digest: Digest, settings: Settings) -> None:

@@ -466,19 +466,29 @@ def _scripts():
     return ScriptDirectory.from_config(_alembic_config(None))  # type: ignore[arg-type]
 
 
+# Every command opens the database and checks its revision. Read from the migrations' file names
+# (NNNN_what.py holds revision NNNN, a test holds them to Alembic's own reading) and from the
+# version table with one query, that costs no Alembic import and no loading of every migration:
+# a fifth of a second off the start of every command and worker. Alembic runs only to upgrade.
+
+def _revisions() -> list[str]:
+    return sorted(path.name.split("_", 1)[0] for path in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+
+
 def head_revision() -> str:
-    return _scripts().get_current_head()
+    return _revisions()[-1]
 
 
 def _known_revisions() -> set[str]:
-    return {script.revision for script in _scripts().walk_revisions()}
+    return set(_revisions())
 
 
 def current_revision(engine: Engine) -> str | None:
-    from alembic.migration import MigrationContext
-
+    """The revision the database is at (Alembic's version table); None for an empty one."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not sa.inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -20,9 +20,22 @@ from .conftest import ROOT
 from .test_subscribers import secret_key  # noqa: F401 (the key comes from the environment)
 
 
+def test_the_revisions_read_from_file_names_are_alembics():
+    """A command checks the revision without Alembic (store.head_revision): the migrations' file
+    names must say what Alembic reads in them, every one, and the database's revision after an
+    upgrade must be what Alembic itself reads."""
+    from newsletter import store
+
+    scripts = store._scripts()
+    assert store.head_revision() == scripts.get_current_head()
+    assert store._known_revisions() == {script.revision for script in scripts.walk_revisions()}
+
+
 def test_first_use_creates_the_schema(db_url):
     engine = open_engine(db_url)
     assert current_revision(engine) == head_revision()
+    with engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == head_revision()
     assert {"readers", "categories", "reader_categories", "suppressions", "events"} <= set(
         sa.inspect(engine).get_table_names())
     engine.dispose()
