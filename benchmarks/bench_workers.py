@@ -450,7 +450,7 @@ def main() -> None:
         parts = set(args.only or ("a", "a2", "b"))
         measured: list[dict] = []
         if "a" in parts:
-            print(f"(a) the fake Resend answering every request after {LATENCY * 1000:.0f} ms, the workers running "
+            print(f"(a) the fake Resend answering every request {LATENCY * 1000:.0f} ms after it arrived, the workers running "
                   "and waiting when the run starts, as deployed (they LISTEN for it):")
             running = [measure(admin, args.readers, n, LATENCY, args.digest, args.deadline, running=True)
                        for n in COUNTS]
