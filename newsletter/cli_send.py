@@ -236,7 +236,13 @@ def runs_cancel(app: App, run_id: int, yes: bool) -> None:
     if not yes and run.status not in (RunStatus.FINISHED, RunStatus.CANCELLED):
         click.confirm(f"Cancel run {run.id} ({run.issue}, {run.status.value}): sent {counts['sent']}, "
                       f"{plural(counts['queued'] + counts['sending'], 'reader')} not yet?", abort=True)
-    run = ledger.cancel(run.id)
+    # A worker's request in flight is answered within request_timeout: wait that long for it.
+    settle = app.settings.request_timeout + 5.0 if app.subscribers.engine.dialect.name == "postgresql" else 0.0
+    flying = ledger.in_flight(run.id) if settle else 0
+    if flying:
+        click.echo(f"pausing run {run.id}; waiting up to {settle:.0f} s for {plural(flying, 'batch', 'batches')} "
+                   "in flight to be answered", err=True)
+    run = ledger.cancel(run.id, settle=settle)
     counts = ledger.counts(run.id)
     click.echo(f"run {run.id} cancelled: sent {counts['sent']}, failed {counts['failed']}, "
                f"skipped {counts['skipped']}")

@@ -12,6 +12,7 @@ import enum
 import hashlib
 import os
 import socket
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Iterable
@@ -669,15 +670,26 @@ class Ledger:
                        deliveries.c.state.in_([state.value for state in states]))
                 .order_by(deliveries.c.id).limit(limit))]
 
-    def cancel(self, run_id: int) -> Run:
+    def cancel(self, run_id: int, *, settle: float = 0.0) -> Run:
         """End a run for good: what it delivered stays recorded, what is queued is skipped.
 
         A batch in flight (a crash mid-request) may or may not have reached the provider: it is
         marked failed with its batch key kept, so `had_it` counts it and no later run of the issue
-        sends those readers a second copy; `newsletter runs RUN` lists them."""
+        sends those readers a second copy; `newsletter runs RUN` lists them.
+
+        `settle`, on PostgreSQL (where workers send a run without holding it): first pause the run,
+        so that every process sending it stops after its batch in flight, and wait up to `settle`
+        seconds for those batches to be answered, so that what they delivered is recorded as
+        sent instead of as maybe delivered. (On SQLite the process sending a run holds it, and
+        the cancel is refused while it does.)"""
         run = self.run(run_id)
         if run.status in (RunStatus.FINISHED, RunStatus.CANCELLED):
             raise SendError(f"run {run.id} is {run.status.value}; there is nothing to cancel", run_id=run.id)
+        if settle > 0 and self.engine.dialect.name == "postgresql":
+            self.pause(run.id, "being cancelled")
+            deadline = time.monotonic() + settle
+            while self.in_flight(run.id) and time.monotonic() < deadline:
+                time.sleep(0.1)  # the workers' answers are recorded by them, in the database
         self.acquire(run.id, 60.0)  # refuses while another process is sending it
         now = utcnow()
         with self.engine.begin() as conn:
@@ -694,6 +706,12 @@ class Ledger:
                 status=RunStatus.CANCELLED.value, reason="cancelled by the user", updated_at=now,
                 finished_at=now, lease_owner=None, lease_until=None))
         return self.run(run.id)
+
+    def in_flight(self, run_id: int) -> int:
+        """The run's batches leased to a process now: sent, their answer not yet recorded."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(send_batches).where(
+                send_batches.c.run_id == run_id, send_batches.c.lease_until >= utcnow())).scalar_one()
 
     def had_it(self, issue: str) -> frozenset[int]:
         """Readers who got the issue from one of its runs, or may have: sent, or failed while in

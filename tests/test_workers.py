@@ -202,6 +202,35 @@ def test_runs_shows_each_worker_and_pause_stops_them_all(pg_url, fake_resend, se
     assert "2 processes took part, 0 at work now" in after.stdout, after.stdout
 
 
+def test_cancelling_a_run_lets_the_workers_batches_in_flight_be_answered_first(pg_url, fake_resend,
+                                                                                session_settings, write_digest):
+    """`runs cancel` while workers send: the run pauses, every worker stops after its batch in
+    flight, and what those batches delivered is recorded as sent, not as maybe delivered."""
+    emails = populate(pg_url, session_settings, 1_000)
+    fake_resend.switches.delay = 1.5  # every request is in flight a while: the cancel comes mid-request
+    env = environment(pg_url, fake_resend, NEWSLETTER_BATCH_SIZE="50")
+    start_run(env, write_digest(DIGEST, "2026-05-03-cancel.md"))
+    engine = sa.create_engine(pg_url)
+    try:
+        crew = workers(env, 2)
+        wait_for(lambda: all(held_by(engine, p.pid) > 0 for p in crew) and fake_resend.addresses(), 60,
+                 "both workers holding a batch after the first deliveries")
+        cancelled = subprocess.run([*COMMAND, "runs", "cancel", "1", "--yes"], env=env, capture_output=True,
+                                   text=True, timeout=90)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert "in flight to be answered" in cancelled.stderr
+        wait_all(crew, 60)
+        ledger = Ledger(engine)
+        counts, run = ledger.counts(1), ledger.run(1)
+    finally:
+        engine.dispose()
+    delivered = fake_resend.addresses()
+    assert run.status == RunStatus.CANCELLED
+    assert set(delivered.values()) == {1} and len(delivered) < len(emails)
+    assert counts["failed"] == 0, "no batch was left to count as maybe delivered"
+    assert counts["sent"] == len(delivered) and counts["skipped"] == len(emails) - len(delivered)
+
+
 def test_a_worker_on_sqlite_is_refused_in_one_line(tmp_path, fake_resend):
     url = f"sqlite:///{tmp_path / 'subscribers.db'}"
     env = environment(url, fake_resend)
