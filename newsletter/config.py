@@ -277,6 +277,10 @@ def _parse_url(value: str, bad) -> str:
             or URL_FORBIDDEN.search(value) or "@" in parts.netloc or "?" in value or "#" in value:
         raise bad(f"must be an http(s) URL like https://news.example.com (a host; no query, fragment, "
                   f"quotes, spaces, <> or backslashes), got {_without_password(value)!r}")
+    try:  # the unsubscribe header carries it in ASCII (links.as_uri): its host must have one
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise bad(f"must be an http(s) URL whose host is a valid domain name, got {parts.hostname!r}") from None
     return value.rstrip("/")
 
 

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import re
 from typing import Iterable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
 
@@ -94,6 +94,18 @@ def find_view(key: bytes, slug: str, view: str, variants: Iterable[str]) -> str 
         if hmac.compare_digest(view_token(key, slug, variant), view):
             found = variant
     return found
+
+
+def as_uri(url: str) -> str:
+    """`url` in ASCII, as a header must carry it (RFC 2369, RFC 8058): the host in IDNA, the path
+    percent-encoded as UTF-8 (RFC 3987, 3.1). The same address a browser makes of it."""
+    if url.isascii():
+        return url
+    parts = urlsplit(url)
+    host = (parts.hostname or "").encode("idna").decode("ascii")
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, quote(parts.path, safe="/%:@!$&'()*+,;=~"), parts.query, parts.fragment))
 
 
 def parse(path: str) -> tuple[str, str] | None:

@@ -25,7 +25,7 @@ from .config import Settings, load_secret_key
 from .errors import (AlreadySent, ProviderError, QuotaExceeded, RateLimited, Rejected, RunUnfinished,
                      SendError, StoreError, Unavailable)
 from .ledger import Audience, Batch, Ledger, Recipient, Run, RunStatus, RunVariant
-from .links import Links, Personal
+from .links import Links, Personal, as_uri
 from .pace import Pace
 from .providers import Message, Outcome, Provider, make_provider
 from .providers.mime import Template, encode
@@ -215,7 +215,7 @@ class Composer:
         return Message(
             key=key, to=recipient.email, sender=self.settings.sender, reply_to=self.settings.reply_to,
             subject=variant.subject,
-            headers={"List-Unsubscribe": f"<{links['unsubscribe_url']}>",
+            headers={"List-Unsubscribe": f"<{as_uri(links['unsubscribe_url'])}>",
                      "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "List-Id": self.list_id},
             tags={"issue": self.issue, "variant": recipient.variant},
             template=self.templates[recipient.variant], links=links)
@@ -649,7 +649,7 @@ def send_test_copies(settings: Settings, digest: Digest, variants: dict[str, Var
                 key=f"test-{batch_id}-{len(messages)}", to=address, sender=settings.sender,
                 reply_to=settings.reply_to, subject=f"[test: {key}] {variant.subject}",
                 html=variant.html.fill(links), text=variant.text.fill(links),
-                headers={"List-Unsubscribe": f"<{links['unsubscribe_url']}>",
+                headers={"List-Unsubscribe": f"<{as_uri(links['unsubscribe_url'])}>",
                          "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "List-Id": list_id},
                 tags={"issue": digest.slug, "variant": key, "test": "yes"}))
     for start in range(0, len(messages), settings.batch_size):

@@ -155,7 +155,7 @@ def test_one_address_with_a_display_name_is_fine(tmp_path, value):
     "https:///path", 'https://t.example.org/"onmouseover="x', "https://t.example.org/a b",
     "https://t.example.org/<x>", "https://t.example.org\\@evil.example", "https://t.example.org/'x",
     "https://t.example.org/?utm=1", "https://t.example.org/#top", "https://t.example.org:99999",
-    "https://user:pw@t.example.org", "https://t.example.org/`x`",
+    "https://user:pw@t.example.org", "https://t.example.org/`x`", "https://" + "ü" * 64 + ".org",
 ])
 def test_base_url_is_an_absolute_http_url_and_nothing_else(tmp_path, value):
     path = write(tmp_path, MINIMAL)

@@ -201,6 +201,21 @@ def test_list_unsubscribe_stays_a_plain_link_with_a_long_base_url(session_settin
     check_same(message)
 
 
+@pytest.mark.parametrize("to", ["reader@example.com", "josé@exämple.org"])
+def test_list_unsubscribe_is_an_ascii_link_for_a_base_url_in_any_script(session_settings, example, variants, to):
+    """A header carries a URI, not an IRI (RFC 2369, 8058): an internationalized base_url goes
+    into List-Unsubscribe as the address a browser makes of it, IDNA host and percent-encoded
+    path, never RFC 2047-encoded (mail clients would not read that back as a link)."""
+    settings = session_settings.with_overrides(base_url="https://bücher-exämple.org/über")
+    message = composer_message(settings, example, variants, to)
+    link = f"<https://xn--bcher-exmple-ncb24a.org/%C3%BCber/u/{'t' * 32}>"  # as the idna package writes it
+    assert message.headers["List-Unsubscribe"] == link
+    for raw in (to_mime(message).as_bytes(), encode(message).data):
+        assert raw_headers(raw)["List-Unsubscribe"] == f"List-Unsubscribe: {link}\r\n".encode()
+    assert "https://bücher-exämple.org/über/u/" in message.html, "the email's own link stays as written"
+    check_same(message)
+
+
 def test_a_base_url_too_long_for_a_header_line_is_refused_before_the_send(session_settings, renderer, example):
     settings = session_settings.with_overrides(base_url="https://newsletter.example.com/" + "p" * 1000)
     with pytest.raises(SendError, match="List-Unsubscribe header would be 1,0.. characters long"):
