@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 
-from newsletter.digest import load_digest
 from newsletter.errors import RenderError, SendError
 from newsletter.ledger import Recipient
 from newsletter.render import Renderer, default_templates_dir

@@ -116,7 +116,7 @@ def test_serve_says_how_to_turn_the_pages_on(db_url, session_settings, tmp_path)
         finally:
             assert server.stop() == 0
         lines = [line for line in server.lines if "/stats" in line]
-        assert lines == ([f"the /stats pages are off: set NEWSLETTER_ADMIN_PASSWORD_HASH (`newsletter "
+        assert lines == (["the /stats pages are off: set NEWSLETTER_ADMIN_PASSWORD_HASH (`newsletter "
                           "admin-password` makes one) to turn them on\n"] if said else [])
 
 

@@ -17,7 +17,6 @@ from newsletter.reports import Report, Reports
 from newsletter.store import deliveries, events, readers, reports, send_runs
 from newsletter.subscribers import Consent, ConsentMethod, Status
 
-from .conftest import EXAMPLE
 from .fake_resend import svix_headers
 
 SECRET = "whsec_" + base64.b64encode(b"a test secret of 32 bytes, exact").decode()

@@ -4,7 +4,7 @@ what happened; whole-request failures are ProviderError subclasses (see errors.p
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ..config import Settings
