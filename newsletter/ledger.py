@@ -367,13 +367,6 @@ class Ledger:
                                       .group_by(deliveries.c.state)).all())
         return {s.value: found.get(s.value, 0) for s in State}
 
-    def variant_sizes(self, run_id: int) -> dict[str, int]:
-        """How many readers of the run get each variant."""
-        with self.engine.connect() as conn:
-            return dict(sorted(conn.execute(sa.select(deliveries.c.variant, sa.func.count())
-                                            .where(deliveries.c.run_id == run_id)
-                                            .group_by(deliveries.c.variant)).all()))
-
     def counts_by_variant(self, run_id: int) -> dict[str, dict[str, int]]:
         """`counts` for each variant of the run."""
         with self.engine.connect() as conn:
